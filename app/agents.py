@@ -1,0 +1,134 @@
+"""Faust wiring (thin): changes topic -> micro-batches -> Processor -> ack.
+
+Acking: ``stream.take()`` acks each buffered event as soon as the next one is read,
+i.e. before the batch is processed - a crash mid-batch would then commit offsets of
+events that never reached the store. We use ``stream.noack_take()`` and ack every
+event of a batch only after the store acknowledged its writes and its dead letters
+(if any) were acknowledged by Kafka. Faust commits acked offsets periodically and on
+rebalance/shutdown, so a crash re-delivers at most the unacked batches (at least once;
+writes are idempotent).
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+
+import faust
+
+from app.config import Settings
+from app.deadletter import Record
+from app.pipeline import Interrupted
+
+log = logging.getLogger("embedstream.worker")
+#: how long SIGTERM waits for the in-flight batch to finish before giving up on it
+SHUTDOWN_GRACE_S = 30.0
+
+
+def _broker_url(servers: str) -> str:
+    return ";".join(f"kafka://{s.strip()}" for s in servers.split(",") if s.strip())
+
+
+def _headers(msg) -> tuple[tuple[str, bytes], ...]:
+    h = msg.headers or ()
+    items = h.items() if isinstance(h, dict) else h
+    return tuple((k, v if isinstance(v, bytes) else str(v).encode()) for k, v in items)
+
+
+def to_record(event) -> Record:
+    m = event.message
+    return Record(topic=m.topic, partition=m.partition, offset=m.offset, key=m.key, value=m.value,
+                  headers=_headers(m), timestamp_ms=int((m.timestamp or 0) * 1000))
+
+
+def create_app(settings: Settings, processor, on_batch=None) -> faust.App:
+    """Build the Faust app around a ready Processor (model loaded, store open)."""
+    app = faust.App(
+        settings.app_id,
+        broker=_broker_url(settings.bootstrap_servers),
+        broker_credentials=_credentials(settings),
+        key_serializer="raw", value_serializer="raw",
+        processing_guarantee="at_least_once",
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
+        consumer_auto_offset_reset="earliest",
+        topic_allow_declare=False,   # topics come from topics/ (embedstream topics create)
+        topic_disable_leader=True,   # no internal leader topic: nothing to pre-create but ours
+        web_enabled=False,
+        broker_commit_interval=1.0,
+    )
+    changes = app.topic(settings.changes_topic, key_type=bytes, value_type=bytes, allow_empty=True)
+    dlq = app.topic(settings.dlq_topic, key_type=bytes, value_type=bytes)
+    executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="embed")
+
+    @app.agent(changes, name="embed")
+    async def embed(stream):
+        loop = asyncio.get_running_loop()
+        async for events in stream.noack_take(settings.batch_max_events, within=settings.batch_max_wait_s):
+            records = [to_record(e) for e in events]
+            t0 = time.perf_counter()
+            fut = loop.run_in_executor(executor, processor.process, records)
+            try:
+                result = await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                # shutting down: let the in-flight batch finish (bounded), ack it, then stop
+                try:
+                    result = await asyncio.wait_for(asyncio.shield(fut), SHUTDOWN_GRACE_S)
+                except (asyncio.TimeoutError, Interrupted):
+                    processor.stop()
+                    raise
+                await _finish(stream, dlq, events, result, settings)
+                raise
+            except Interrupted:
+                log.warning("batch interrupted before the store acknowledged it; not committing")
+                return
+            await _finish(stream, dlq, events, result, settings)
+            elapsed = time.perf_counter() - t0
+            c = result.counts
+            log.info("batch events=%d written=%d deleted=%d stale=%d duplicate=%d dead_lettered=%d "
+                     "chunks_encoded=%d chunks_written=%d encode_ms=%.0f store_ms=%.0f total_ms=%.0f",
+                     result.records, c["written"], c["deleted"], c["stale"], c["duplicate"],
+                     c["dead_lettered"], result.chunks_encoded, result.chunks_written,
+                     result.encode_s * 1e3, result.store_s * 1e3, elapsed * 1e3)
+            if on_batch is not None:
+                await on_batch(result)
+
+    return app
+
+
+async def _finish(stream, dlq, events, result, settings: Settings) -> None:
+    """Dead letters acknowledged by Kafka first, then ack the batch's events."""
+    if result.dead_letters:
+        futures = [await dlq.send(key=d.record.key, value=d.record.value, headers=d.headers(settings.app_id))
+                   for d in result.dead_letters]
+        await asyncio.gather(*futures)
+        for d in result.dead_letters:
+            log.warning("dead letter %s:%d@%d reason=%s %s", d.record.topic, d.record.partition,
+                        d.record.offset, d.reason, d.detail[:200])
+    for e in events:
+        await stream.ack(e)
+
+
+def _credentials(settings: Settings):
+    if settings.security_protocol.startswith("SASL"):
+        ssl_ctx = None
+        if settings.security_protocol == "SASL_SSL":
+            import ssl
+
+            ssl_ctx = ssl.create_default_context(cafile=settings.ssl_cafile or None)
+        # PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 (faust.types.auth.SASLMechanism)
+        return faust.SASLCredentials(username=settings.sasl_username, password=settings.sasl_password,
+                                     mechanism=settings.sasl_mechanism.upper(), ssl_context=ssl_ctx)
+    if settings.security_protocol == "SSL":
+        import ssl
+
+        return faust.SSLCredentials(ssl.create_default_context(cafile=settings.ssl_cafile or None))
+    return None
+
+
+def run_worker(settings: Settings, processor, on_batch=None) -> None:
+    """Run the Faust worker until SIGTERM/SIGINT (Faust installs the signal handlers)."""
+    app = create_app(settings, processor, on_batch)
+    worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()

@@ -1,0 +1,414 @@
+"""embedstream command line. `embedstream --help` lists the commands; each has --help."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from app.config import ConfigError, Settings
+
+log = logging.getLogger("embedstream")
+SAMPLE_CORPUS = Path(__file__).resolve().parent / "data" / "sample_corpus.jsonl"
+
+DESCRIPTION = """\
+embedstream: streaming embedding of document-change events.
+
+Kafka change events (Avro, keyed by doc_id) are micro-batched into an ONNX
+all-MiniLM-L6-v2 encoder and upserted into / deleted from a vector store
+(LanceDB embedded by default, Weaviate in production). Offsets are committed only
+after the store acknowledged the writes; bad events go to a dead-letter topic.
+
+Settings come from EMBEDSTREAM_* environment variables (see `embedstream config`).
+"""
+
+EPILOG = """\
+quick start:
+  embedstream demo                      embedded broker + LanceDB + sample corpus + searches
+  embedstream dev                       embedded broker + worker; produce to the printed address
+  embedstream produce docs.jsonl        send change events (JSON lines) to the changes topic
+  embedstream search "black holes"      query the store
+"""
+
+
+# ----------------------------------------------------------------------------------------
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": round(record.created, 3), "level": record.levelname, "logger": record.name,
+               "msg": record.getMessage()}
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if settings.log_json else
+                         logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+    for noisy in ("aiokafka", "faust", "mode", "httpx", "lance"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def _settings(args, **extra) -> Settings:
+    over = {k: getattr(args, k, None) for k in ("bootstrap_servers", "data_dir", "store", "model_variant")}
+    over.update(extra)
+    return Settings.load(**{k: v for k, v in over.items() if v is not None})
+
+
+def _progress(done: int, total: int, started: float, what: str) -> None:
+    """One-line progress on a TTY; periodic lines otherwise."""
+    rate = done / max(time.monotonic() - started, 1e-6)
+    eta = (total - done) / rate if rate > 0 and total else 0
+    line = f"{what}: {done}/{total} ({rate:.0f}/s, ETA {eta:.0f}s)"
+    if sys.stderr.isatty():
+        sys.stderr.write("\r" + line.ljust(70))
+        if done >= total:
+            sys.stderr.write("\n")
+    else:
+        sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+# ----------------------------------------------------------------------------------------
+def cmd_config(args) -> int:
+    s = _settings(args)
+    for name, value, source, doc in s.describe():
+        print(f"{name:34s} {value:28s} [{source}]\n    {doc}")
+    return 0
+
+
+def cmd_topics(args) -> int:
+    from app.topics import create_topics, existing_topics, load_specs
+
+    s = _settings(args)
+    if args.topics_cmd == "create":
+        create_topics(s, replication_factor=args.replication_factor)
+        return 0
+    have = existing_topics(s)
+    for spec in load_specs(s):
+        state = f"{have[spec.name]} partitions" if spec.name in have else "MISSING"
+        print(f"{spec.role:8s} {spec.name:32s} {state}")
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from app.agents import run_worker
+    from app.components import build_processor
+    from app.topics import require_topics
+
+    s = _settings(args)
+    setup_logging(s)
+    s.kafka_config()  # fails clearly without bootstrap servers
+    require_topics(s)
+    t = time.perf_counter()
+    processor = build_processor(s)
+    log.info("worker ready: model %s on %s (%.1fs), store %s, topics %s -> %s",
+             processor.fingerprint, processor.encoder.provider, time.perf_counter() - t,
+             processor.store, s.changes_topic, s.dlq_topic)
+    run_worker(s, processor)
+    return 0
+
+
+def cmd_produce(args) -> int:
+    from confluent_kafka import Producer
+
+    from app.components import build_codec
+    from app.events import ChangeEvent
+
+    s = _settings(args)
+    codec = build_codec(s)
+    src = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
+    lines = [ln for ln in src if ln.strip()]
+    producer = Producer({**s.kafka_config(), "enable.idempotence": True, "linger.ms": 20})
+    failures: list[str] = []
+
+    def on_delivery(err, msg):
+        if err is not None:
+            failures.append(f"{msg.key()!r}: {err}")
+
+    started = time.monotonic()
+    sent = 0
+    for n, line in enumerate(lines, 1):
+        try:
+            obj = json.loads(line)
+            if obj.get("tombstone"):
+                key, value = str(obj["doc_id"]).encode(), None
+            else:
+                if "version" not in obj and args.version is not None:
+                    obj["version"] = args.version
+                ev = ChangeEvent.from_json(obj)
+                key, value = ev.doc_id.encode(), codec.encode(ev, framing=args.framing, topic=s.changes_topic)
+        except (ValueError, KeyError) as exc:
+            print(f"line {n}: {exc}", file=sys.stderr)
+            return 2
+        while True:
+            try:
+                producer.produce(s.changes_topic, key=key, value=value, on_delivery=on_delivery)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        sent += 1
+        producer.poll(0)
+        if sent % 1000 == 0:
+            _progress(sent, len(lines), started, "produced")
+    remaining = producer.flush(60)
+    if remaining or failures:
+        print(f"NOT delivered: {remaining + len(failures)} of {sent}", file=sys.stderr)
+        for f in failures[:10]:
+            print("  " + f, file=sys.stderr)
+        return 1
+    print(f"delivered {sent} events to {s.changes_topic} on {s.bootstrap_servers}", file=sys.stderr)
+    return 0
+
+
+def cmd_search(args) -> int:
+    from app.components import build_encoder, open_store
+    from app.store.base import StoreError
+
+    s = _settings(args)
+    enc = build_encoder(s)
+    try:
+        store = open_store(s, enc.fingerprint, enc.dim, create=False)
+    except (StoreError, ValueError, FileNotFoundError) as exc:
+        print(f"no index for model {enc.fingerprint} in the {s.store} store "
+              f"({s.data_dir if s.store == 'lancedb' else s.weaviate_url}): {exc}", file=sys.stderr)
+        return 1
+    hits = search_docs(store, enc.encode([args.query])[0], args.k, per_doc=not args.chunks)
+    if args.json:
+        print(json.dumps([h.__dict__ for h in hits], default=dict, indent=2))
+        return 0
+    print_hits(args.query, hits)
+    return 0
+
+
+def search_docs(store, vector, k: int, per_doc: bool = True):
+    """Top-k hits; with per_doc, only each document's best chunk."""
+    if not per_doc:
+        return store.search(vector, k=k)
+    best = {}
+    for h in store.search(vector, k=k * 8):
+        best.setdefault(h.doc_id, h)
+    return list(best.values())[:k]
+
+
+def print_hits(query: str, hits) -> None:
+    print(f'\nsearch: "{query}"')
+    if not hits:
+        print("  (no results)")
+    for i, h in enumerate(hits, 1):
+        title = h.metadata.get("title", "")
+        snippet = " ".join(h.text.split())[:110]
+        print(f"  {i}. {h.score:.3f}  {h.doc_id} #{h.chunk_index}  {title}")
+        print(f"       {snippet}…")
+
+
+# ----------------------------------------------------------------------------------------
+def _spawn_worker(s: Settings, bootstrap: str, log_file: Path) -> subprocess.Popen:
+    env = {**os.environ, "EMBEDSTREAM_BOOTSTRAP_SERVERS": bootstrap, "EMBEDSTREAM_DATA_DIR": s.data_dir,
+           "EMBEDSTREAM_STORE": s.store}
+    if s.model_variant:
+        env["EMBEDSTREAM_MODEL_VARIANT"] = s.model_variant
+    out = open(log_file, "ab")
+    return subprocess.Popen([sys.executable, "-m", "app", "worker"], env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 40) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def cmd_dev(args) -> int:
+    from app.broker import EmbeddedBroker
+    from app.topics import create_topics
+
+    s = _settings(args)
+    setup_logging(s)
+    data = Path(s.data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    with EmbeddedBroker(port=args.port, log_path=data / "broker.log") as broker:
+        s = s.replace(bootstrap_servers=broker.bootstrap)
+        create_topics(s, replication_factor=1, echo=lambda m: log.info("topic %s", m))
+        worker = _spawn_worker(s, broker.bootstrap, data / "worker.log")
+        print(f"embedded broker: {broker.bootstrap} (memory only: lost on exit)\n"
+              f"worker log:      {data / 'worker.log'}\nstore:           {s.store} in {data}\n"
+              f"produce with:    EMBEDSTREAM_BOOTSTRAP_SERVERS={broker.bootstrap} embedstream produce FILE.jsonl\n"
+              "Ctrl-C stops the worker and the broker.", flush=True)
+        try:
+            while worker.poll() is None:
+                time.sleep(0.5)
+            print(f"worker exited with code {worker.returncode}; see {data / 'worker.log'}", file=sys.stderr)
+            return worker.returncode or 1
+        except KeyboardInterrupt:
+            return _stop(worker) or 0
+        finally:
+            _stop(worker)
+
+
+def cmd_demo(args) -> int:
+    from app.broker import EmbeddedBroker
+    from app.components import build_encoder, open_store
+    from app.topics import create_topics
+
+    s = _settings(args)
+    s = s.replace(data_dir=str(Path(s.data_dir) / "demo"), store="lancedb")
+    setup_logging(s.replace(log_level="WARNING"))
+    data = Path(s.data_dir)
+    if data.exists():
+        shutil.rmtree(data)  # the demo's own directory: start from an empty index
+    data.mkdir(parents=True)
+    corpus = Path(args.corpus)
+    docs = [json.loads(x) for x in corpus.read_text(encoding="utf-8").splitlines() if x.strip()]
+    print(f"1/5 starting the embedded Kafka broker (Tansu) ...", flush=True)
+    with EmbeddedBroker(log_path=data / "broker.log") as broker:
+        s = s.replace(bootstrap_servers=broker.bootstrap)
+        create_topics(s, replication_factor=1, echo=lambda m: print("    " + m))
+        print(f"2/5 starting the worker (Faust + ONNX {s.model_variant or 'int8'} + LanceDB); log: {data / 'worker.log'}",
+              flush=True)
+        worker = _spawn_worker(s, broker.bootstrap, data / "worker.log")
+        try:
+            print(f"3/5 producing {len(docs)} documents from {corpus.name} to {s.changes_topic}", flush=True)
+            lines = "\n".join(json.dumps({**d, "version": 1}) for d in docs)
+            rc = subprocess.run([sys.executable, "-m", "app", "produce", "-"], input=lines.encode(),
+                                env={**os.environ, "EMBEDSTREAM_BOOTSTRAP_SERVERS": broker.bootstrap}).returncode
+            if rc:
+                return rc
+            enc = build_encoder(s)
+            print(f"4/5 waiting for the worker to index them (model {enc.fingerprint})", flush=True)
+            started = time.monotonic()
+            store, indexed, last = None, 0, -1
+            while indexed < len(docs):
+                if worker.poll() is not None:
+                    print(f"worker died (code {worker.returncode}); see {data / 'worker.log'}", file=sys.stderr)
+                    return 1
+                if time.monotonic() - started > args.timeout:
+                    print(f"timed out after {args.timeout}s with {indexed}/{len(docs)} indexed; "
+                          f"see {data / 'worker.log'}", file=sys.stderr)
+                    return 1
+                try:
+                    store = store or open_store(s, enc.fingerprint, enc.dim, create=False)
+                    indexed = store.count_documents()
+                except Exception:
+                    indexed = 0
+                if indexed != last:
+                    _progress(indexed, len(docs), started, "    indexed")
+                    last = indexed
+                time.sleep(0.25)
+            took = time.monotonic() - started
+            print(f"    {indexed} documents, {store.count()} chunks searchable {took:.1f}s after producing", flush=True)
+            print("5/5 searching", flush=True)
+            for q in args.query or ["how do black holes form", "best way to proof bread dough",
+                                    "what happens in a TCP handshake", "when should I prune roses"]:
+                print_hits(q, search_docs(store, enc.encode([q])[0], 3))
+            print(f"\ndata: LanceDB tables in {data / 'lancedb'} (collection {store.collection}); "
+                  f"logs: {data / 'worker.log'}, {data / 'broker.log'}")
+            print(f"search again: EMBEDSTREAM_DATA_DIR={data} embedstream search \"your question\"")
+            return 0
+        finally:
+            _stop(worker)
+
+
+# ----------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="embedstream", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
+
+    def common(sp, kafka=True, store=True):
+        if kafka:
+            sp.add_argument("--bootstrap-servers", metavar="HOST:PORT,...",
+                            help="Kafka bootstrap servers (env EMBEDSTREAM_BOOTSTRAP_SERVERS)")
+        if store:
+            sp.add_argument("--data-dir", help="data directory for LanceDB etc. (env EMBEDSTREAM_DATA_DIR)")
+            sp.add_argument("--store", choices=("lancedb", "weaviate"), help="vector store (env EMBEDSTREAM_STORE)")
+            sp.add_argument("--model-variant", choices=("int8", "fp32"),
+                            help="encoder variant (env EMBEDSTREAM_MODEL_VARIANT; default int8 on CPU)")
+        return sp
+
+    sp = common(sub.add_parser("worker", help="run the streaming worker against Kafka",
+                               description="Consume change events, embed and write them to the store. "
+                                           "Needs bootstrap servers and existing topics."))
+    sp.set_defaults(func=cmd_worker)
+
+    sp = common(sub.add_parser("dev", help="embedded broker + worker, for development",
+                               description="Start the embedded Tansu broker on 127.0.0.1, create the topics "
+                                           "and run a worker until Ctrl-C."), kafka=False)
+    sp.add_argument("--port", type=int, help="broker port (default: a free one)")
+    sp.set_defaults(func=cmd_dev)
+
+    sp = common(sub.add_parser("demo", help="end-to-end demo on the embedded stack",
+                               description="Embedded broker + worker + LanceDB: produce the bundled sample "
+                                           "corpus through Kafka, wait until it is indexed, run searches."),
+                kafka=False)
+    sp.add_argument("--corpus", default=str(SAMPLE_CORPUS), help="JSON-lines corpus (default: bundled sample)")
+    sp.add_argument("--query", action="append", help="query to run (repeatable)")
+    sp.add_argument("--timeout", type=float, default=300, help="seconds to wait for indexing (default 300)")
+    sp.set_defaults(func=cmd_demo)
+
+    sp = common(sub.add_parser(
+        "produce", help="send change events from JSON lines",
+        description="Read JSON lines and produce DocumentChange events keyed by doc_id.\n"
+                    'Line format: {"doc_id": "a", "version": 3, "op": "UPSERT"|"DELETE", "text": "...", '
+                    '"metadata": {...}, "event_time": ms|ISO}\n'
+                    '{"doc_id": "a", "tombstone": true} sends a tombstone (null value).',
+        formatter_class=argparse.RawDescriptionHelpFormatter), store=False)
+    sp.add_argument("file", help="JSON-lines file, or - for stdin")
+    sp.add_argument("--framing", default="auto", choices=("auto", "single-object", "confluent"),
+                    help="wire framing (auto: confluent when a schema registry is configured)")
+    sp.add_argument("--version", type=int, help="version for lines that have none")
+    sp.set_defaults(func=cmd_produce)
+
+    sp = common(sub.add_parser("search", help="nearest chunks for a query text"), kafka=False)
+    sp.add_argument("query")
+    sp.add_argument("-k", type=int, default=5, help="number of results (default 5)")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.add_argument("--chunks", action="store_true", help="list chunks, not only each document's best chunk")
+    sp.set_defaults(func=cmd_search)
+
+    tp = sub.add_parser("topics", help="create or list the topics from topics/topics.toml")
+    tsub = tp.add_subparsers(dest="topics_cmd", required=True)
+    sp = common(tsub.add_parser("create", help="create missing topics (idempotent)"), store=False)
+    sp.add_argument("--replication-factor", type=int, help="override the spec (1 for a single broker)")
+    sp.set_defaults(func=cmd_topics)
+    sp = common(tsub.add_parser("list", help="show each topic and whether it exists"), store=False)
+    sp.set_defaults(func=cmd_topics)
+
+    sp = common(sub.add_parser("config", help="print every setting, its value and where it came from"))
+    sp.set_defaults(func=cmd_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from app.topics import TopicsMissing
+
+        if isinstance(exc, TopicsMissing):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

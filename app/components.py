@@ -1,0 +1,50 @@
+"""Build the pipeline's parts from Settings (shared by the worker, search, demo, tools)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from app.config import ConfigError, Settings
+
+
+def build_encoder(settings: Settings):
+    from app.encoder import Encoder
+
+    return Encoder.load(variant=settings.model_variant or None, device=settings.device,
+                        threads=settings.encoder_threads or None, max_batch_tokens=settings.max_batch_tokens)
+
+
+def open_store(settings: Settings, fingerprint: str, dim: int, create: bool = True):
+    """The configured VectorStore for one fingerprint."""
+    if settings.store == "lancedb":
+        from app.store.lancedb import LanceDBStore
+
+        return LanceDBStore(Path(settings.data_dir) / "lancedb", fingerprint=fingerprint, dim=dim,
+                            collection_prefix=settings.collection_prefix, create=create)
+    if settings.store == "weaviate":
+        from app.store.weaviate import WeaviateStore
+
+        return WeaviateStore(url=settings.weaviate_url, grpc_port=settings.weaviate_grpc_port,
+                             api_key=settings.weaviate_api_key or None, timeout_s=settings.weaviate_timeout_s,
+                             fingerprint=fingerprint, dim=dim, collection_prefix=settings.collection_prefix)
+    raise ConfigError(f"unknown store {settings.store!r}")
+
+
+def build_codec(settings: Settings):
+    from app.events import EventCodec, Limits
+
+    registry = None
+    if settings.schema_registry_url:
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
+        registry = SchemaRegistryClient({"url": settings.schema_registry_url})
+    return EventCodec(registry=registry, limits=Limits(max_text_bytes=settings.max_text_bytes))
+
+
+def build_processor(settings: Settings, encoder=None, store=None):
+    from app.chunking import Chunker
+    from app.pipeline import Processor
+
+    encoder = encoder or build_encoder(settings)
+    store = store or open_store(settings, encoder.fingerprint, encoder.dim)
+    chunker = Chunker(encoder.tokenizer, settings.chunk_tokens, settings.chunk_overlap)
+    return Processor(build_codec(settings), encoder, chunker, store)

@@ -1,0 +1,295 @@
+"""The processing step: a micro-batch of Kafka records in, store writes + dead letters out.
+
+``Processor.process(records)`` is synchronous (run it off the event loop) and returns
+only when every write and delete of the batch has been acknowledged by the store, or
+the record was turned into a dead letter. Only then may the caller commit the batch's
+offsets. Transient store errors are retried with exponential backoff for as long as it
+takes (consumption stays paused meanwhile); they are never skipped. If the caller asks
+to stop during a retry, :class:`Interrupted` is raised and nothing may be committed.
+
+Write order per batch (each step idempotent, so a crash at any point followed by a
+redelivery converges to the same state):
+
+1. upsert the new chunks (deterministic ids: uuid5 of doc_id + chunk index);
+2. delete chunks past each updated document's new chunk count, and every chunk of
+   deleted documents;
+3. write the document states (version, content hash, fingerprint, chunk count,
+   deleted flag) - last, so a state never claims work that is not in the store.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from app.batching import Action, Decision, coalesce, plan
+from app.chunking import Chunk, Chunker
+from app.deadletter import DeadLetter, Record
+from app.events import ChangeEvent, DecodeError, EventCodec, Op
+from app.store.base import (ChunkRecord, DocState, PermanentStoreError, TransientStoreError, VectorStore,
+                            chunk_uuid)
+
+log = logging.getLogger(__name__)
+
+
+class Interrupted(Exception):
+    """Processing was stopped (shutdown) before the batch was fully written: do not commit."""
+
+
+@dataclass
+class Backoff:
+    initial_s: float = 0.5
+    max_s: float = 30.0
+    factor: float = 2.0
+    jitter: float = 0.2
+
+    def delays(self):
+        d = self.initial_s
+        while True:
+            yield d * (1 + random.uniform(-self.jitter, self.jitter))
+            d = min(d * self.factor, self.max_s)
+
+
+@dataclass
+class BatchResult:
+    records: int = 0
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)
+    chunks_written: int = 0
+    chunks_encoded: int = 0
+    store_retries: int = 0
+    decode_s: float = 0.0
+    encode_s: float = 0.0
+    store_s: float = 0.0
+    #: newly encoded vectors of this batch, for the drift monitor
+    vectors: np.ndarray | None = None
+    norms: np.ndarray | None = None
+    vector_doc_ids: list[str] = field(default_factory=list)
+    vector_records: list[Record] = field(default_factory=list)
+    #: (event_time_ms, record timestamp_ms) of each applied event, for freshness metrics
+    applied_times: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass
+class _Work:
+    decision: Decision
+    record: Record
+    chunks: list[Chunk] = field(default_factory=list)
+    vectors: np.ndarray | None = None
+    norms: np.ndarray | None = None
+
+
+class Processor:
+    """Decode → coalesce → plan → chunk → encode → store, for one micro-batch."""
+
+    def __init__(self, codec: EventCodec, encoder, chunker: Chunker, store: VectorStore,
+                 backoff: Backoff | None = None, should_stop: Callable[[], bool] | None = None,
+                 on_retry: Callable[[Exception, float], None] | None = None):
+        self.codec = codec
+        self.encoder = encoder
+        self.chunker = chunker
+        self.store = store
+        self.fingerprint = store.fingerprint
+        if encoder.fingerprint != store.fingerprint:
+            raise ValueError(f"encoder fingerprint {encoder.fingerprint} != store {store.fingerprint}")
+        self.backoff = backoff or Backoff()
+        self.should_stop = should_stop or (lambda: False)
+        self.on_retry = on_retry
+        self._stop_event = threading.Event()
+
+    # ------------------------------------------------------------------------------
+    def process(self, records: Sequence[Record]) -> BatchResult:
+        res = BatchResult(records=len(records))
+        t0 = time.perf_counter()
+        decoded: list[tuple[int, ChangeEvent]] = []
+        for pos, rec in enumerate(records):
+            try:
+                decoded.append((pos, self.codec.decode(rec.key, rec.value, rec.topic)))
+            except DecodeError as exc:
+                res.dead_letters.append(DeadLetter(rec, exc.reason, exc.detail, stage="decode"))
+        res.counts["dead_lettered"] += len(res.dead_letters)
+        winners, superseded = coalesce(decoded)
+        res.counts["superseded_in_batch"] += len(superseded)
+
+        # chunk the upserts first: the content hash decides "unchanged"
+        hashes: dict[str, str] = {}
+        for doc_id, w in winners.items():
+            if w.event.op is Op.UPSERT and w.event.version is not None:
+                hashes[doc_id] = self.chunker.content_hash(w.event.text or "")
+        res.decode_s = time.perf_counter() - t0
+
+        states = self._retry("read states", lambda: self.store.get_states(list(winners)), res)
+        decisions = plan(winners, states, hashes)
+
+        work: list[_Work] = []
+        for d in decisions:
+            rec = records[d.winner.pos]
+            if d.action in (Action.UPSERT, Action.DELETE):
+                work.append(_Work(d, rec))
+            elif d.action is Action.CONFLICT:
+                res.dead_letters.append(DeadLetter(
+                    rec, "version-conflict",
+                    f"version {d.winner.event.version} is already stored with other content", stage="plan"))
+                res.counts["dead_lettered"] += 1
+            else:
+                res.counts[d.action.value] += 1
+
+        upserts = [w for w in work if w.decision.action is Action.UPSERT]
+        if upserts:
+            t1 = time.perf_counter()
+            texts = [w.decision.winner.event.text or "" for w in upserts]
+            for w, chunks in zip(upserts, self.chunker.chunk_many(texts)):
+                w.chunks = chunks
+            self._reuse_vectors([w for w in upserts if w.decision.reuse_vectors], res)
+            self._encode([w for w in upserts if w.vectors is None], res)
+            res.encode_s = time.perf_counter() - t1
+            # documents the encoder could not embed were dead-lettered in _encode
+            failed = {id(w) for w in upserts if w.vectors is None}
+            work = [w for w in work if id(w) not in failed]
+
+        t2 = time.perf_counter()
+        self._write(work, res)
+        res.store_s = time.perf_counter() - t2
+        return res
+
+    # ------------------------------------------------------------------------------
+    def _reuse_vectors(self, items: list[_Work], res: BatchResult) -> None:
+        """Unchanged content: take the stored vectors instead of encoding again."""
+        if not items:
+            return
+        ids = [chunk_uuid(w.decision.winner.event.doc_id, c.index) for w in items for c in w.chunks]
+        stored = self._retry("fetch vectors", lambda: self.store.fetch_vectors(ids), res)
+        for w in items:
+            doc = w.decision.winner.event.doc_id
+            vecs = [stored.get(chunk_uuid(doc, c.index)) for c in w.chunks]
+            if all(v is not None for v in vecs):
+                w.vectors = np.stack(vecs).astype(np.float32)
+                res.counts["unchanged_reused"] += 1
+
+    def _encode(self, items: list[_Work], res: BatchResult) -> None:
+        if not items:
+            return
+        token_ids = [c.token_ids for w in items for c in w.chunks]
+        try:
+            vecs, norms = self.encoder.encode_tokens(token_ids)
+            groups = [(items, vecs, norms)]
+        except Exception as exc:  # an encoder failure on the whole batch: isolate the culprit
+            log.warning("encoder failed on a batch of %d chunks (%s); retrying per document", len(token_ids), exc)
+            groups = []
+            for w in items:
+                try:
+                    v, n = self.encoder.encode_tokens([c.token_ids for c in w.chunks])
+                    groups.append(([w], v, n))
+                except Exception as exc2:
+                    res.dead_letters.append(DeadLetter(w.record, "encoder-error",
+                                                       f"{type(exc2).__name__}: {exc2}", stage="encode"))
+                    res.counts["dead_lettered"] += 1
+        for group, vecs, norms in groups:
+            i = 0
+            for w in group:
+                n = len(w.chunks)
+                v = vecs[i:i + n]
+                i += n
+                if not np.isfinite(v).all():
+                    res.dead_letters.append(DeadLetter(w.record, "encoder-non-finite",
+                                                       "the encoder produced NaN/inf for this document",
+                                                       stage="encode"))
+                    res.counts["dead_lettered"] += 1
+                    continue
+                w.vectors, w.norms = v, norms[i - n:i]
+                res.chunks_encoded += n
+                res.vector_doc_ids.extend([w.decision.winner.event.doc_id] * n)
+                res.vector_records.extend([w.record] * n)
+        encoded = [w for g, _, _ in groups for w in g if w.vectors is not None and w.norms is not None]
+        if encoded:
+            res.vectors = np.concatenate([w.vectors for w in encoded])
+            res.norms = np.concatenate([w.norms for w in encoded])
+
+    # ------------------------------------------------------------------------------
+    def _write(self, work: list[_Work], res: BatchResult) -> None:
+        now = int(time.time() * 1000)
+        chunks: list[ChunkRecord] = []
+        deletes: list[tuple[str, int]] = []
+        states: dict[str, DocState] = {}
+        by_doc: dict[str, _Work] = {}
+        for w in work:
+            ev = w.decision.winner.event
+            by_doc[ev.doc_id] = w
+            if w.decision.action is Action.UPSERT:
+                n = len(w.chunks)
+                for c, v in zip(w.chunks, w.vectors):
+                    chunks.append(ChunkRecord(
+                        doc_id=ev.doc_id, chunk_index=c.index, chunk_count=n, version=w.decision.version,
+                        content_hash=self.chunker.content_hash(ev.text or ""), fingerprint=self.fingerprint,
+                        event_time_ms=ev.event_time_ms, indexed_time_ms=now, text=c.text, vector=v,
+                        metadata=ev.metadata))
+                deletes.append((ev.doc_id, n))
+                states[ev.doc_id] = DocState(ev.doc_id, w.decision.version, chunks[-1].content_hash,
+                                             self.fingerprint, n, False, ev.event_time_ms, now)
+            else:
+                deletes.append((ev.doc_id, 0))
+                et = ev.event_time_ms or now
+                states[ev.doc_id] = DocState(ev.doc_id, w.decision.version, "", self.fingerprint, 0, True, et, now)
+
+        if chunks:
+            try:
+                self._retry("upsert", lambda: self.store.upsert_chunks(chunks), res)
+            except PermanentStoreError as exc:
+                if not exc.object_errors:
+                    raise
+                bad_docs: dict[str, str] = {}
+                ids = {chunk_uuid(c.doc_id, c.chunk_index): c.doc_id for c in chunks}
+                for oid, msg in exc.object_errors.items():
+                    doc = ids.get(oid, oid)
+                    bad_docs.setdefault(doc, msg)
+                for doc, msg in bad_docs.items():
+                    w = by_doc.get(doc)
+                    if w is None:
+                        continue
+                    res.dead_letters.append(DeadLetter(w.record, "store-rejected", msg, stage="store"))
+                    res.counts["dead_lettered"] += 1
+                    states.pop(doc, None)
+                    deletes = [d for d in deletes if d[0] != doc]
+                chunks = [c for c in chunks if c.doc_id not in bad_docs]
+        res.chunks_written = len(chunks)
+        if deletes:
+            self._retry("delete", lambda: self._delete_many(deletes), res)
+        if states:
+            self._retry("write states", lambda: self.store.put_states(list(states.values())), res)
+        for doc, st in states.items():
+            w = by_doc[doc]
+            res.counts["deleted" if st.deleted else "written"] += 1
+            res.applied_times.append((w.decision.winner.event.event_time_ms, w.record.timestamp_ms))
+
+    def _delete_many(self, items: list[tuple[str, int]]) -> int:
+        many = getattr(self.store, "delete_chunks_many", None)
+        if many is not None:
+            return many(items)
+        return sum(self.store.delete_chunks(d, k) for d, k in items)
+
+    def _retry(self, what: str, fn, res: BatchResult):
+        """Call fn until it succeeds; transient failures back off, never skip."""
+        delays = self.backoff.delays()
+        while True:
+            if self.should_stop() or self._stop_event.is_set():
+                raise Interrupted(f"stopped while the store was retrying: {what}")
+            try:
+                return fn()
+            except TransientStoreError as exc:
+                delay = next(delays)
+                res.store_retries += 1
+                log.warning("store %s failed (%s); retrying in %.1fs", what, exc, delay)
+                if self.on_retry:
+                    self.on_retry(exc, delay)
+                if self._stop_event.wait(delay) or self.should_stop():
+                    raise Interrupted(f"stopped while the store was retrying: {what}") from exc
+
+    def stop(self) -> None:
+        """Ask a running ``process`` to give up its retry loop (it raises Interrupted)."""
+        self._stop_event.set()

@@ -1,0 +1,225 @@
+"""LanceDB adapter: the embedded default vector store (files under a data directory).
+
+Two tables per model fingerprint, named from a short hash of the fingerprint:
+``<prefix>__<hash>__chunks`` (vectors) and ``<prefix>__<hash>__docs`` (document states).
+The full fingerprint is written into each table's Arrow schema metadata and checked on
+open, so a table can never receive vectors of another model.
+
+LanceDB allows one writer per table (two writer processes duplicate rows): run one
+worker per data directory. Readers (``embedstream search``) may run alongside; they see
+the latest committed version on every query.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from app.store.base import (ChunkRecord, DocState, FingerprintMismatch, SearchHit, TransientStoreError,
+                            chunk_uuid)
+
+log = logging.getLogger(__name__)
+FP_KEY = b"embedstream.fingerprint"
+
+
+def _q(value: str) -> str:
+    """SQL string literal for a LanceDB (DataFusion) filter."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def collection_name(prefix: str, fingerprint: str) -> str:
+    return f"{prefix}__{hashlib.sha256(fingerprint.encode()).hexdigest()[:12]}"
+
+
+class LanceDBStore:
+    """VectorStore on LanceDB files. See :mod:`app.store.base` for the contract."""
+
+    def __init__(self, path: str | Path, fingerprint: str, dim: int, collection_prefix: str = "embedstream",
+                 create: bool = True):
+        import lancedb
+
+        self.path = Path(path)
+        self.fingerprint = fingerprint
+        self.dim = dim
+        self.collection = collection_name(collection_prefix, fingerprint)
+        try:
+            if create:
+                self.path.mkdir(parents=True, exist_ok=True)
+            self._db = lancedb.connect(str(self.path), read_consistency_interval=timedelta(0))
+        except OSError as exc:
+            raise TransientStoreError(f"cannot open LanceDB at {self.path}: {exc}") from exc
+        meta = {FP_KEY: fingerprint.encode()}
+        self._chunks_schema = pa.schema([
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("doc_id", pa.string(), nullable=False),
+            pa.field("chunk_index", pa.int32(), nullable=False),
+            pa.field("chunk_count", pa.int32(), nullable=False),
+            pa.field("version", pa.int64(), nullable=False),
+            pa.field("content_hash", pa.string(), nullable=False),
+            pa.field("fingerprint", pa.string(), nullable=False),
+            pa.field("event_time_ms", pa.int64(), nullable=False),
+            pa.field("indexed_time_ms", pa.int64(), nullable=False),
+            pa.field("text", pa.string()),
+            pa.field("metadata_json", pa.string()),
+            pa.field("vector", pa.list_(pa.float32(), dim)),
+        ]).with_metadata(meta)
+        self._docs_schema = pa.schema([
+            pa.field("doc_id", pa.string(), nullable=False),
+            pa.field("version", pa.int64(), nullable=False),
+            pa.field("content_hash", pa.string(), nullable=False),
+            pa.field("fingerprint", pa.string(), nullable=False),
+            pa.field("chunk_count", pa.int32(), nullable=False),
+            pa.field("deleted", pa.bool_(), nullable=False),
+            pa.field("event_time_ms", pa.int64(), nullable=False),
+            pa.field("updated_time_ms", pa.int64(), nullable=False),
+        ]).with_metadata(meta)
+        self._chunks = self._open(f"{self.collection}__chunks", self._chunks_schema, create)
+        self._docs = self._open(f"{self.collection}__docs", self._docs_schema, create)
+
+    def _open(self, name: str, schema: pa.Schema, create: bool):
+        try:
+            if create:
+                table = self._db.create_table(name, schema=schema, exist_ok=True)
+            else:
+                table = self._db.open_table(name)
+        except (OSError, RuntimeError) as exc:
+            raise TransientStoreError(f"cannot open LanceDB table {name} in {self.path}: {exc}") from exc
+        have = (table.schema.metadata or {}).get(FP_KEY, b"").decode()
+        if have != self.fingerprint:
+            raise FingerprintMismatch(f"LanceDB table {name} holds vectors of {have!r}, not {self.fingerprint!r}")
+        return table
+
+    # -- helpers ----------------------------------------------------------------------
+    def _guard(self, what: str, fn, *args):
+        """Run a LanceDB call; I/O failures (disk full, unwritable, vanished dir) are transient."""
+        try:
+            return fn(*args)
+        except (OSError, RuntimeError) as exc:
+            raise TransientStoreError(f"LanceDB {what} failed at {self.path}: {exc}") from exc
+        except Exception as exc:  # lance raises plain exceptions for I/O errors too
+            if "IO" in type(exc).__name__ or "io" in str(exc).lower()[:200]:
+                raise TransientStoreError(f"LanceDB {what} failed at {self.path}: {exc}") from exc
+            raise
+
+    @staticmethod
+    def _in(column: str, values: Sequence[str]) -> str:
+        return f"{column} IN ({', '.join(_q(v) for v in values)})"
+
+    # -- reads --------------------------------------------------------------------------
+    def get_states(self, doc_ids: Iterable[str]) -> dict[str, DocState]:
+        ids = list(dict.fromkeys(doc_ids))
+        out: dict[str, DocState] = {}
+        for i in range(0, len(ids), 1000):
+            part = ids[i:i + 1000]
+            tbl = self._guard("read states", lambda: self._docs.search().where(self._in("doc_id", part))
+                              .limit(None).to_arrow())
+            for row in tbl.to_pylist():
+                out[row["doc_id"]] = DocState(**row)
+        return out
+
+    def fetch_vectors(self, chunk_ids: Iterable[str]) -> dict[str, np.ndarray]:
+        ids = list(dict.fromkeys(chunk_ids))
+        out: dict[str, np.ndarray] = {}
+        for i in range(0, len(ids), 1000):
+            part = ids[i:i + 1000]
+            tbl = self._guard("read vectors", lambda: self._chunks.search().where(self._in("id", part))
+                              .select(["id", "vector"]).limit(None).to_arrow())
+            if tbl.num_rows:
+                vecs = np.asarray(tbl.column("vector").combine_chunks().flatten(), dtype=np.float32).reshape(-1, self.dim)
+                for cid, v in zip(tbl.column("id").to_pylist(), vecs):
+                    out[cid] = v
+        return out
+
+    def search(self, vector: np.ndarray, k: int = 5) -> list[SearchHit]:
+        v = np.asarray(vector, dtype=np.float32)
+        rows = self._guard("search", lambda: self._chunks.search(v).distance_type("cosine")
+                           .select(["doc_id", "chunk_index", "text", "version", "metadata_json", "_distance"])
+                           .limit(k).to_list())
+        return [SearchHit(doc_id=r["doc_id"], chunk_index=r["chunk_index"], score=1.0 - float(r["_distance"]),
+                          text=r["text"], version=r["version"], metadata=json.loads(r["metadata_json"] or "{}"))
+                for r in rows]
+
+    def count(self) -> int:
+        return self._guard("count", self._chunks.count_rows)
+
+    def count_documents(self, include_deleted: bool = False) -> int:
+        if include_deleted:
+            return self._guard("count", self._docs.count_rows)
+        return self._guard("count", self._docs.count_rows, "deleted = false")
+
+    def chunk_rows(self, doc_id: str) -> list[dict]:
+        """All chunk rows of one document (without vectors), ordered by chunk_index. For checks and tests."""
+        tbl = self._chunks.search().where(f"doc_id = {_q(doc_id)}").select(
+            ["id", "doc_id", "chunk_index", "chunk_count", "version", "content_hash", "fingerprint",
+             "event_time_ms", "indexed_time_ms", "text", "metadata_json"]).limit(None).to_arrow()
+        return sorted(tbl.to_pylist(), key=lambda r: r["chunk_index"])
+
+    # -- writes -------------------------------------------------------------------------
+    def upsert_chunks(self, chunks: Sequence[ChunkRecord]) -> None:
+        if not chunks:
+            return
+        for c in chunks:
+            if c.fingerprint != self.fingerprint:
+                raise FingerprintMismatch(f"chunk of {c.doc_id!r} has fingerprint {c.fingerprint!r}; "
+                                          f"this collection holds {self.fingerprint!r}")
+            if c.vector.shape != (self.dim,):
+                raise FingerprintMismatch(f"chunk of {c.doc_id!r} has dim {c.vector.shape}, expected {self.dim}")
+        vecs = np.stack([c.vector for c in chunks]).astype(np.float32, copy=False)
+        table = pa.table({
+            "id": [chunk_uuid(c.doc_id, c.chunk_index) for c in chunks],
+            "doc_id": [c.doc_id for c in chunks],
+            "chunk_index": pa.array([c.chunk_index for c in chunks], pa.int32()),
+            "chunk_count": pa.array([c.chunk_count for c in chunks], pa.int32()),
+            "version": pa.array([c.version for c in chunks], pa.int64()),
+            "content_hash": [c.content_hash for c in chunks],
+            "fingerprint": [c.fingerprint for c in chunks],
+            "event_time_ms": pa.array([c.event_time_ms for c in chunks], pa.int64()),
+            "indexed_time_ms": pa.array([c.indexed_time_ms for c in chunks], pa.int64()),
+            "text": [c.text for c in chunks],
+            "metadata_json": [json.dumps(dict(c.metadata), sort_keys=True) for c in chunks],
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), self.dim),
+        }, schema=self._chunks_schema)
+        self._guard("upsert", lambda: self._chunks.merge_insert("id").when_matched_update_all()
+                    .when_not_matched_insert_all().execute(table))
+
+    def delete_chunks(self, doc_id: str, from_index: int = 0) -> int:
+        return self.delete_chunks_many([(doc_id, from_index)])
+
+    def delete_chunks_many(self, items: Sequence[tuple[str, int]]) -> int:
+        """Delete chunks of several documents in one table version."""
+        total = 0
+        for i in range(0, len(items), 500):
+            part = items[i:i + 500]
+            pred = " OR ".join(f"(doc_id = {_q(d)} AND chunk_index >= {int(k)})" for d, k in part)
+            res = self._guard("delete", self._chunks.delete, pred)
+            total += int(getattr(res, "num_deleted_rows", 0) or 0)
+        return total
+
+    def put_states(self, states: Sequence[DocState]) -> None:
+        if not states:
+            return
+        for s in states:
+            if s.fingerprint != self.fingerprint:
+                raise FingerprintMismatch(f"state of {s.doc_id!r} has fingerprint {s.fingerprint!r}")
+        table = pa.Table.from_pylist([s.__dict__ for s in states], schema=self._docs_schema)
+        self._guard("write states", lambda: self._docs.merge_insert("doc_id").when_matched_update_all()
+                    .when_not_matched_insert_all().execute(table))
+
+    def optimize(self) -> None:
+        """Compact small fragments left by many small writes (run periodically)."""
+        for t in (self._chunks, self._docs):
+            self._guard("optimize", t.optimize)
+
+    def close(self) -> None:
+        self._chunks = self._docs = None  # type: ignore[assignment]
+        self._db = None
+
+    def __repr__(self) -> str:
+        return f"LanceDBStore(path={os.fspath(self.path)!r}, collection={self.collection!r})"

@@ -1,0 +1,100 @@
+"""Topic specs (``topics/topics.toml``) and their idempotent application with AdminClient."""
+from __future__ import annotations
+
+import logging
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.config import Settings
+
+log = logging.getLogger(__name__)
+SPEC_FILE = Path(__file__).resolve().parent.parent / "topics" / "topics.toml"
+
+
+class TopicsMissing(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    role: str
+    name: str
+    partitions: int
+    replication_factor: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def load_specs(settings: Settings, spec_file: Path = SPEC_FILE,
+               replication_factor: int | None = None) -> list[TopicSpec]:
+    data = tomllib.loads(spec_file.read_text())
+    names = {"changes": settings.changes_topic, "alerts": settings.alerts_topic, "dlq": settings.dlq_topic}
+    specs = []
+    for t in data["topic"]:
+        rf = int(replication_factor or t.get("replication_factor", 1))
+        cfg = {k: str(v) for k, v in t.get("config", {}).items()}
+        if "min.insync.replicas" in cfg:  # never demand more in-sync replicas than exist
+            cfg["min.insync.replicas"] = str(min(int(cfg["min.insync.replicas"]), rf))
+        specs.append(TopicSpec(t["role"], names[t["role"]], int(t["partitions"]), rf, cfg))
+    return specs
+
+
+def _admin(settings: Settings):
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient(settings.kafka_config())
+
+
+def existing_topics(settings: Settings, timeout: float = 10.0) -> dict[str, int]:
+    """Topic name -> partition count, as the cluster reports it."""
+    md = _admin(settings).list_topics(timeout=timeout)
+    return {name: len(t.partitions) for name, t in md.topics.items() if t.error is None}
+
+
+def create_topics(settings: Settings, replication_factor: int | None = None, timeout: float = 30.0,
+                  echo=print) -> list[str]:
+    """Create the topics that are missing; report ones whose partition count differs.
+
+    Returns the names created. Safe to run any number of times.
+    """
+    from confluent_kafka.admin import NewTopic
+    from confluent_kafka import KafkaError, KafkaException
+
+    specs = load_specs(settings, replication_factor=replication_factor)
+    have = existing_topics(settings)
+    new = [s for s in specs if s.name not in have]
+    for s in specs:
+        if s.name in have:
+            note = "" if have[s.name] == s.partitions else \
+                f" (has {have[s.name]} partitions, spec says {s.partitions}: partitions are not changed automatically)"
+            echo(f"exists   {s.name} [{s.role}]{note}")
+    if not new:
+        return []
+    admin = _admin(settings)  # keep a reference: a collected client cancels its futures
+    futures = admin.create_topics(
+        [NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_factor, config=s.config)
+         for s in new], operation_timeout=timeout, request_timeout=timeout)
+    created = []
+    for s in new:
+        try:
+            futures[s.name].result(timeout)
+            created.append(s.name)
+            echo(f"created  {s.name} [{s.role}] partitions={s.partitions} rf={s.replication_factor}")
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                echo(f"exists   {s.name} [{s.role}] (created concurrently)")
+            else:
+                raise RuntimeError(f"could not create topic {s.name}: {err}") from exc
+    return created
+
+
+def require_topics(settings: Settings, roles=("changes", "alerts", "dlq")) -> dict[str, int]:
+    """Raise TopicsMissing (with the fix) unless every topic exists."""
+    specs = [s for s in load_specs(settings) if s.role in roles]
+    have = existing_topics(settings)
+    missing = [s.name for s in specs if s.name not in have]
+    if missing:
+        raise TopicsMissing(f"topic(s) missing on {settings.bootstrap_servers}: {', '.join(missing)}. "
+                            "Create them first: `embedstream topics create`")
+    return {s.name: have[s.name] for s in specs}
