@@ -36,7 +36,8 @@ def build_codec(settings: Settings):
     if settings.schema_registry_url:
         from confluent_kafka.schema_registry import SchemaRegistryClient
 
-        registry = SchemaRegistryClient({"url": settings.schema_registry_url})
+        # new_client: a real client for http(s) URLs, the in-process registry for mock://
+        registry = SchemaRegistryClient.new_client({"url": settings.schema_registry_url})
     return EventCodec(registry=registry, limits=Limits(max_text_bytes=settings.max_text_bytes))
 
 

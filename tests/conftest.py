@@ -1,0 +1,148 @@
+"""Shared fixtures: the real Tansu broker, the real ONNX encoders, per-test topics,
+and a worker running as a subprocess (as in production)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from app.broker import EmbeddedBroker
+from app.config import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, what: str = "condition"):
+    """Poll predicate() until it returns a truthy value; fail the test on timeout."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout}s waiting for {what} (last value: {last!r})")
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory):
+    with EmbeddedBroker(log_path=tmp_path_factory.mktemp("broker") / "broker.log") as b:
+        yield b
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    from app.encoder import Encoder
+
+    return Encoder.load(variant="int8")
+
+
+@pytest.fixture(scope="session")
+def encoder_fp32():
+    from app.encoder import Encoder
+
+    return Encoder.load(variant="fp32")
+
+
+@pytest.fixture
+def settings(broker, tmp_path) -> Settings:
+    """Settings with unique topics (created) and a fresh data dir for one test."""
+    from app.topics import create_topics
+
+    tag = uuid.uuid4().hex[:8]
+    s = Settings.load(env={}, bootstrap_servers=broker.bootstrap, data_dir=str(tmp_path / "data"),
+                      app_id=f"es-test-{tag}", changes_topic=f"changes-{tag}", alerts_topic=f"alerts-{tag}",
+                      dlq_topic=f"dlq-{tag}", batch_max_wait_s=0.2)
+    create_topics(s, replication_factor=1, echo=lambda m: None)
+    return s
+
+
+def settings_env(s: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDSTREAM_")}
+    for f in ("bootstrap_servers", "data_dir", "app_id", "changes_topic", "alerts_topic", "dlq_topic",
+              "batch_max_wait_s", "batch_max_events", "store", "model_variant", "weaviate_url",
+              "weaviate_grpc_port", "collection_prefix"):
+        env["EMBEDSTREAM_" + f.upper()] = str(getattr(s, f))
+    return env
+
+
+class WorkerProcess:
+    """`python -m app worker` as a subprocess, with its log kept for failure reports."""
+
+    def __init__(self, settings: Settings, log_path: Path, extra_env: dict | None = None):
+        self.settings = settings
+        self.log_path = log_path
+        self.env = {**settings_env(settings), **(extra_env or {})}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "WorkerProcess":
+        self.proc = subprocess.Popen([sys.executable, "-m", "app", "worker"], cwd=REPO, env=self.env,
+                                     stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 45) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def worker_factory(tmp_path):
+    procs: list[WorkerProcess] = []
+
+    def make(settings: Settings, **env) -> WorkerProcess:
+        w = WorkerProcess(settings, tmp_path / f"worker-{len(procs)}.log", env).start()
+        procs.append(w)
+        return w
+
+    yield make
+    for w in procs:
+        w.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def producer(broker):
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
+    yield p
+    p.flush(10)
+
+
+def consume_all(bootstrap: str, topic: str, expect: int, timeout: float = 30.0):
+    """Read records of a topic from the beginning until `expect` arrived (or timeout)."""
+    from confluent_kafka import Consumer
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                  "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000})
+    c.subscribe([topic])
+    out = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(out) < expect and time.monotonic() < deadline:
+            m = c.poll(0.5)
+            if m is not None and m.error() is None:
+                out.append(m)
+    finally:
+        c.close()
+    return out
