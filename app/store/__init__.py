@@ -1,0 +1,1 @@
+"""Vector stores: the protocol (base) and its adapters (lancedb, weaviate)."""
