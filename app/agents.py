@@ -42,7 +42,7 @@ def to_record(event) -> Record:
                   headers=_headers(m), timestamp_ms=int((m.timestamp or 0) * 1000))
 
 
-def create_app(settings: Settings, processor, on_batch=None) -> faust.App:
+def create_app(settings: Settings, processor, metrics=None, on_batch=None) -> faust.App:
     """Build the Faust app around a ready Processor (model loaded, store open)."""
     app = faust.App(
         settings.app_id,
@@ -85,6 +85,9 @@ def create_app(settings: Settings, processor, on_batch=None) -> faust.App:
                 return
             await _finish(stream, dlq, events, result, settings)
             elapsed = time.perf_counter() - t0
+            if metrics is not None:
+                metrics.observe_batch(result, elapsed, int(time.time() * 1000))
+                _update_lag(app, metrics, events)
             c = result.counts
             log.info("batch events=%d written=%d deleted=%d stale=%d duplicate=%d dead_lettered=%d "
                      "chunks_encoded=%d chunks_written=%d encode_ms=%.0f store_ms=%.0f total_ms=%.0f",
@@ -95,6 +98,20 @@ def create_app(settings: Settings, processor, on_batch=None) -> faust.App:
                 await on_batch(result)
 
     return app
+
+
+def _update_lag(app, metrics, events) -> None:
+    """Lag per partition from the fetch responses' high-watermarks (not ListOffsets)."""
+    last: dict = {}
+    for e in events:
+        last[e.message.tp] = max(last.get(e.message.tp, -1), e.message.offset)
+    for tp, offset in last.items():
+        try:
+            hw = app.consumer.highwater(tp)
+        except Exception:  # consumer not ready / partition revoked meanwhile
+            continue
+        if hw is not None:
+            metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, hw - offset - 1))
 
 
 async def _finish(stream, dlq, events, result, settings: Settings) -> None:
@@ -127,8 +144,8 @@ def _credentials(settings: Settings):
     return None
 
 
-def run_worker(settings: Settings, processor, on_batch=None) -> None:
+def run_worker(settings: Settings, processor, metrics=None, on_batch=None) -> None:
     """Run the Faust worker until SIGTERM/SIGINT (Faust installs the signal handlers)."""
-    app = create_app(settings, processor, on_batch)
+    app = create_app(settings, processor, metrics, on_batch)
     worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

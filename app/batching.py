@@ -19,6 +19,7 @@ Two pure steps, no I/O:
    DELETE v >= stored        ``delete`` (or ``duplicate`` if already deleted at v)
    DELETE, older version     ``stale``
    tombstone (no version)    ``delete`` of whatever is stored, keeping its version
+                             (or the highest version seen before it in the batch)
    ========================  =====================================================
 
     >>> from app.events import ChangeEvent, Op
@@ -92,6 +93,10 @@ def decide(w: Winner, state: DocState | None, content_hash: str | None) -> Decis
     """What to do with one winning event. ``content_hash`` is the new content's hash (UPSERT)."""
     ev = w.event
     if ev.version is None:  # tombstone
+        if state is None and w.floor_version is not None:
+            # the batch held a versioned event before the tombstone: remember the delete at
+            # that version so a redelivery of the older upsert cannot bring the doc back
+            return Decision(Action.DELETE, w, state, version=w.floor_version)
         if state is None or state.deleted:
             return Decision(Action.NOOP if state is None else Action.DUPLICATE, w, state)
         return Decision(Action.DELETE, w, state, version=max(state.version, w.floor_version or 0))

@@ -102,20 +102,45 @@ def cmd_topics(args) -> int:
 
 def cmd_worker(args) -> int:
     from app.agents import run_worker
-    from app.components import build_processor
+    from app.components import build_encoder, build_processor, open_store
+    from app.observability import Health, Metrics, serve
     from app.topics import require_topics
 
     s = _settings(args)
     setup_logging(s)
     s.kafka_config()  # fails clearly without bootstrap servers
+    metrics = Metrics()
+    health = Health(metrics)
+    if s.metrics_port:
+        serve(metrics, health, s.metrics_port, s.metrics_host)
     require_topics(s)
+    health.set("broker", True, s.bootstrap_servers)
+    health.set("topics", True, ", ".join((s.changes_topic, s.dlq_topic, s.alerts_topic)))
     t = time.perf_counter()
-    processor = build_processor(s)
+    encoder = build_encoder(s)
+    health.set("model", True, f"{encoder.fingerprint} on {encoder.provider}")
+    store = open_store(s, encoder.fingerprint, encoder.dim)
+    health.set("store", True, repr(store))
+    processor = build_processor(s, encoder, store)
+    metrics.info.info({"fingerprint": encoder.fingerprint, "provider": encoder.provider,
+                       "store": s.store, **_versions()})
     log.info("worker ready: model %s on %s (%.1fs), store %s, topics %s -> %s",
              processor.fingerprint, processor.encoder.provider, time.perf_counter() - t,
              processor.store, s.changes_topic, s.dlq_topic)
-    run_worker(s, processor)
+    run_worker(s, processor, metrics)
     return 0
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for dist in ("embedstream", "onnxruntime", "onnxruntime-gpu", "faust-streaming", "confluent-kafka"):
+        try:
+            out[dist.replace("-", "_")] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return out
 
 
 def cmd_produce(args) -> int:
@@ -214,7 +239,7 @@ def print_hits(query: str, hits) -> None:
 # ----------------------------------------------------------------------------------------
 def _spawn_worker(s: Settings, bootstrap: str, log_file: Path) -> subprocess.Popen:
     env = {**os.environ, "EMBEDSTREAM_BOOTSTRAP_SERVERS": bootstrap, "EMBEDSTREAM_DATA_DIR": s.data_dir,
-           "EMBEDSTREAM_STORE": s.store}
+           "EMBEDSTREAM_STORE": s.store, "EMBEDSTREAM_METRICS_PORT": str(s.metrics_port)}
     if s.model_variant:
         env["EMBEDSTREAM_MODEL_VARIANT"] = s.model_variant
     out = open(log_file, "ab")
@@ -265,7 +290,7 @@ def cmd_demo(args) -> int:
     from app.topics import create_topics
 
     s = _settings(args)
-    s = s.replace(data_dir=str(Path(s.data_dir) / "demo"), store="lancedb")
+    s = s.replace(data_dir=str(Path(s.data_dir) / "demo"), store="lancedb", metrics_port=0)
     setup_logging(s.replace(log_level="WARNING"))
     data = Path(s.data_dir)
     if data.exists():

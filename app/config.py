@@ -66,6 +66,8 @@ class Settings:
     # --- operations --------------------------------------------------------------------
     log_level: str = _s("INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     log_json: bool = _s(False, "Structured JSON logs.")
+    metrics_port: int = _s(9464, "Port of /metrics, /livez, /readyz on the worker (0: off).")
+    metrics_host: str = _s("0.0.0.0", "Interface the metrics/health server binds to.")
 
     sources: dict[str, str] = field(default_factory=dict, repr=False, compare=False,
                                     metadata={"internal": True})

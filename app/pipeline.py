@@ -74,6 +74,20 @@ class BatchResult:
     vector_records: list[Record] = field(default_factory=list)
     #: (event_time_ms, record timestamp_ms) of each applied event, for freshness metrics
     applied_times: list[tuple[int, int]] = field(default_factory=list)
+    #: events by (op, outcome); ``counts`` holds the same by outcome alone
+    outcomes: Counter = field(default_factory=Counter)
+
+    def count(self, op: str, outcome: str, n: int = 1) -> None:
+        self.outcomes[(op, outcome)] += n
+        self.counts[outcome] += n
+
+    def dead_letter(self, dl: DeadLetter, op: str = "unknown") -> None:
+        self.dead_letters.append(dl)
+        self.count(op, "dead_lettered")
+
+
+def _op(ev: ChangeEvent) -> str:
+    return "TOMBSTONE" if ev.is_tombstone else ev.op.value
 
 
 @dataclass
@@ -112,10 +126,11 @@ class Processor:
             try:
                 decoded.append((pos, self.codec.decode(rec.key, rec.value, rec.topic)))
             except DecodeError as exc:
-                res.dead_letters.append(DeadLetter(rec, exc.reason, exc.detail, stage="decode"))
-        res.counts["dead_lettered"] += len(res.dead_letters)
+                res.dead_letter(DeadLetter(rec, exc.reason, exc.detail, stage="decode"))
         winners, superseded = coalesce(decoded)
-        res.counts["superseded_in_batch"] += len(superseded)
+        events_at = dict(decoded)
+        for pos in superseded:
+            res.count(_op(events_at[pos]), "superseded")
 
         # chunk the upserts first: the content hash decides "unchanged"
         hashes: dict[str, str] = {}
@@ -133,12 +148,12 @@ class Processor:
             if d.action in (Action.UPSERT, Action.DELETE):
                 work.append(_Work(d, rec))
             elif d.action is Action.CONFLICT:
-                res.dead_letters.append(DeadLetter(
+                res.dead_letter(DeadLetter(
                     rec, "version-conflict",
-                    f"version {d.winner.event.version} is already stored with other content", stage="plan"))
-                res.counts["dead_lettered"] += 1
+                    f"version {d.winner.event.version} is already stored with other content", stage="plan"),
+                    "UPSERT")
             else:
-                res.counts[d.action.value] += 1
+                res.count(_op(d.winner.event), d.action.value)
 
         upserts = [w for w in work if w.decision.action is Action.UPSERT]
         if upserts:
@@ -187,9 +202,8 @@ class Processor:
                     v, n = self.encoder.encode_tokens([c.token_ids for c in w.chunks])
                     groups.append(([w], v, n))
                 except Exception as exc2:
-                    res.dead_letters.append(DeadLetter(w.record, "encoder-error",
-                                                       f"{type(exc2).__name__}: {exc2}", stage="encode"))
-                    res.counts["dead_lettered"] += 1
+                    res.dead_letter(DeadLetter(w.record, "encoder-error", f"{type(exc2).__name__}: {exc2}",
+                                               stage="encode"), "UPSERT")
         for group, vecs, norms in groups:
             i = 0
             for w in group:
@@ -197,10 +211,9 @@ class Processor:
                 v = vecs[i:i + n]
                 i += n
                 if not np.isfinite(v).all():
-                    res.dead_letters.append(DeadLetter(w.record, "encoder-non-finite",
-                                                       "the encoder produced NaN/inf for this document",
-                                                       stage="encode"))
-                    res.counts["dead_lettered"] += 1
+                    res.dead_letter(DeadLetter(w.record, "encoder-non-finite",
+                                               "the encoder produced NaN/inf for this document", stage="encode"),
+                                    "UPSERT")
                     continue
                 w.vectors, w.norms = v, norms[i - n:i]
                 res.chunks_encoded += n
@@ -234,7 +247,7 @@ class Processor:
                                              self.fingerprint, n, False, ev.event_time_ms, now)
             else:
                 deletes.append((ev.doc_id, 0))
-                et = ev.event_time_ms or now
+                et = ev.event_time_ms or w.record.timestamp_ms or now
                 states[ev.doc_id] = DocState(ev.doc_id, w.decision.version, "", self.fingerprint, 0, True, et, now)
 
         if chunks:
@@ -252,8 +265,7 @@ class Processor:
                     w = by_doc.get(doc)
                     if w is None:
                         continue
-                    res.dead_letters.append(DeadLetter(w.record, "store-rejected", msg, stage="store"))
-                    res.counts["dead_lettered"] += 1
+                    res.dead_letter(DeadLetter(w.record, "store-rejected", msg, stage="store"), "UPSERT")
                     states.pop(doc, None)
                     deletes = [d for d in deletes if d[0] != doc]
                 chunks = [c for c in chunks if c.doc_id not in bad_docs]
@@ -264,8 +276,10 @@ class Processor:
             self._retry("write states", lambda: self.store.put_states(list(states.values())), res)
         for doc, st in states.items():
             w = by_doc[doc]
-            res.counts["deleted" if st.deleted else "written"] += 1
-            res.applied_times.append((w.decision.winner.event.event_time_ms, w.record.timestamp_ms))
+            res.count(_op(w.decision.winner.event), "deleted" if st.deleted else "written")
+            # tombstones carry no event time: their record's timestamp stands in for it
+            ev = w.decision.winner.event
+            res.applied_times.append((ev.event_time_ms or w.record.timestamp_ms, w.record.timestamp_ms))
 
     def _delete_many(self, items: list[tuple[str, int]]) -> int:
         many = getattr(self.store, "delete_chunks_many", None)

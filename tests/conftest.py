@@ -58,7 +58,7 @@ def settings(broker, tmp_path) -> Settings:
     tag = uuid.uuid4().hex[:8]
     s = Settings.load(env={}, bootstrap_servers=broker.bootstrap, data_dir=str(tmp_path / "data"),
                       app_id=f"es-test-{tag}", changes_topic=f"changes-{tag}", alerts_topic=f"alerts-{tag}",
-                      dlq_topic=f"dlq-{tag}", batch_max_wait_s=0.2)
+                      dlq_topic=f"dlq-{tag}", batch_max_wait_s=0.2, metrics_port=0)
     create_topics(s, replication_factor=1, echo=lambda m: None)
     return s
 
@@ -67,7 +67,7 @@ def settings_env(s: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDSTREAM_")}
     for f in ("bootstrap_servers", "data_dir", "app_id", "changes_topic", "alerts_topic", "dlq_topic",
               "batch_max_wait_s", "batch_max_events", "store", "model_variant", "weaviate_url",
-              "weaviate_grpc_port", "collection_prefix"):
+              "weaviate_grpc_port", "collection_prefix", "metrics_port"):
         env["EMBEDSTREAM_" + f.upper()] = str(getattr(s, f))
     return env
 

@@ -60,6 +60,8 @@ def test_decisions():
     assert d(dele(3), state(3, deleted=True)).action is Action.DUPLICATE
     assert d(dele(1), None).action is Action.DELETE  # remembered: an older upsert cannot resurrect it
     assert d(tomb(), None).action is Action.NOOP
+    first = d(tomb(), None, floor=2)  # upsert v2 + tombstone in one batch, never stored
+    assert first.action is Action.DELETE and first.version == 2
     assert d(tomb(), state(3, deleted=True)).action is Action.DUPLICATE
     t = d(tomb(), state(3), floor=5)
     assert t.action is Action.DELETE and t.version == 5

@@ -127,7 +127,7 @@ def test_stale_version_never_overwrites(proc, codec, store):
 
 def test_newest_in_batch_wins(proc, codec, store):
     res = proc.process([rec(codec, "doc", 1, "one"), rec(codec, "doc", 3, "three"), rec(codec, "doc", 2, "two")])
-    assert res.counts["superseded_in_batch"] == 2 and res.counts["written"] == 1
+    assert res.counts["superseded"] == 2 and res.counts["written"] == 1
     assert store.chunk_rows("doc")[0]["text"] == "three"
 
 

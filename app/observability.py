@@ -1,0 +1,144 @@
+"""Metrics (Prometheus) and health endpoints of the worker.
+
+The HTTP server starts before the model is loaded, so orchestrators see a live but
+not-ready worker while it loads:
+
+* ``GET /metrics`` - Prometheus text format;
+* ``GET /livez``   - 200 while the process serves requests;
+* ``GET /readyz``  - 200 only when broker, topics, store and model are ready (JSON body
+  lists each check), 503 otherwise.
+
+Metric names start with ``embedstream_``; histograms expose p50/p95 through
+``histogram_quantile`` in Prometheus/Grafana. Label values never contain secrets.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+FRESHNESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60, 300, 1800, 3600)
+
+
+class Metrics:
+    """All worker metrics in one registry (a fresh registry per instance keeps tests isolated)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        r = self.registry = registry or CollectorRegistry()
+        self.events = Counter("embedstream_events", "Change events by op and outcome "
+                              "(written, deleted, stale, duplicate, superseded, noop, dead_lettered)",
+                              ["op", "outcome"], registry=r)
+        self.dead_letters = Counter("embedstream_dead_letters", "Dead letters by reason", ["reason"], registry=r)
+        self.unchanged_reused = Counter("embedstream_unchanged_reused", "Documents whose stored vectors were "
+                                        "reused because the content did not change", registry=r)
+        self.chunks_encoded = Counter("embedstream_chunks_encoded", "Chunks embedded by the encoder", registry=r)
+        self.chunks_written = Counter("embedstream_chunks_written", "Chunk objects written to the store", registry=r)
+        self.store_retries = Counter("embedstream_store_retries", "Transient store failures retried", registry=r)
+        self.batch_size = Histogram("embedstream_batch_size_events", "Events per micro-batch",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=r)
+        self.encode_seconds = Histogram("embedstream_encode_seconds", "Encoder time per batch",
+                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.store_seconds = Histogram("embedstream_store_write_seconds", "Store write time per batch "
+                                       "(until acknowledged)", buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_seconds = Histogram("embedstream_batch_seconds", "Total processing time per batch",
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.freshness = Histogram("embedstream_freshness_seconds", "Event time to store acknowledgement "
+                                   "(event -> searchable)", buckets=FRESHNESS_BUCKETS, registry=r)
+        self.record_freshness = Histogram("embedstream_record_freshness_seconds", "Kafka record timestamp to "
+                                          "store acknowledgement", buckets=FRESHNESS_BUCKETS, registry=r)
+        self.lag = Gauge("embedstream_consumer_lag", "Records behind the fetch high-watermark",
+                         ["topic", "partition"], registry=r)
+        self.ready = Gauge("embedstream_ready", "1 when the worker is ready", registry=r)
+        self.info = Info("embedstream", "Model fingerprint, execution provider and versions", registry=r)
+
+    def observe_batch(self, result, batch_seconds: float, now_ms: int) -> None:
+        """Record one processed batch (a pipeline.BatchResult)."""
+        for (op, outcome), n in result.outcomes.items():
+            self.events.labels(op, outcome).inc(n)
+        for d in result.dead_letters:
+            self.dead_letters.labels(d.reason).inc()
+        self.unchanged_reused.inc(result.counts.get("unchanged_reused", 0))
+        self.chunks_encoded.inc(result.chunks_encoded)
+        self.chunks_written.inc(result.chunks_written)
+        self.store_retries.inc(result.store_retries)
+        self.batch_size.observe(result.records)
+        if result.chunks_encoded:
+            self.encode_seconds.observe(result.encode_s)
+        self.store_seconds.observe(result.store_s)
+        self.batch_seconds.observe(batch_seconds)
+        for event_ms, record_ms in result.applied_times:
+            if event_ms > 0:
+                self.freshness.observe(max(0.0, (now_ms - event_ms) / 1000))
+            if record_ms > 0:
+                self.record_freshness.observe(max(0.0, (now_ms - record_ms) / 1000))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class Health:
+    """Named readiness checks; ready when every check has passed."""
+
+    CHECKS = ("broker", "topics", "store", "model")
+
+    def __init__(self, metrics: Metrics | None = None):
+        self._state = {c: False for c in self.CHECKS}
+        self._detail: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._metrics = metrics
+
+    def set(self, check: str, ok: bool, detail: str = "") -> None:
+        with self._lock:
+            self._state[check] = ok
+            self._detail[check] = detail
+        if self._metrics is not None:
+            self._metrics.ready.set(1 if self.ready else 0)
+
+    @property
+    def ready(self) -> bool:
+        with self._lock:
+            return all(self._state.values())
+
+    def report(self) -> dict:
+        with self._lock:
+            return {"ready": all(self._state.values()),
+                    "checks": {c: {"ok": ok, "detail": self._detail.get(c, "")} for c, ok in self._state.items()}}
+
+
+def serve(metrics: Metrics, health: Health, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:
+    """Start the /metrics, /livez, /readyz server on a daemon thread; returns the server."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, metrics.render(), CONTENT_TYPE_LATEST)
+            elif path == "/livez":
+                self._send(200, b'{"live": true}\n', "application/json")
+            elif path == "/readyz":
+                rep = health.report()
+                self._send(200 if rep["ready"] else 503, (json.dumps(rep) + "\n").encode(), "application/json")
+            else:
+                self._send(404, b"not found: try /metrics, /livez, /readyz\n", "text/plain")
+
+        def _send(self, code: int, body: bytes, ctype: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):  # keep scrapes out of the logs
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    log.info("metrics and health on http://%s:%d (/metrics /livez /readyz)", host, server.server_address[1])
+    return server

@@ -1,0 +1,112 @@
+"""Metrics and health: unit checks, and a scrape of a real worker's /metrics during a run."""
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+
+from app.broker import free_port
+from app.deadletter import DeadLetter, Record
+from app.events import ChangeEvent, EventCodec, Op
+from app.observability import Health, Metrics, serve
+from app.pipeline import BatchResult
+from conftest import wait_for
+
+
+def scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def get(port: int, path: str):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_metrics_count_a_batch():
+    m = Metrics()
+    r = BatchResult(records=5, chunks_encoded=3, chunks_written=3, encode_s=0.2, store_s=0.05)
+    r.count("UPSERT", "written", 2)
+    r.count("TOMBSTONE", "deleted")
+    r.dead_letter(DeadLetter(Record("t", 0, 1, b"k", b"x"), "unknown-magic-byte"))
+    now = int(time.time() * 1000)
+    r.applied_times = [(now - 1500, now - 200)] * 3
+    m.observe_batch(r, 0.3, now)
+    text = m.render().decode()
+    assert 'embedstream_events_total{op="UPSERT",outcome="written"} 2.0' in text
+    assert 'embedstream_events_total{op="TOMBSTONE",outcome="deleted"} 1.0' in text
+    assert 'embedstream_dead_letters_total{reason="unknown-magic-byte"} 1.0' in text
+    assert "embedstream_freshness_seconds_count 3.0" in text
+    assert 'embedstream_freshness_seconds_bucket{le="1.5"} 3.0' in text
+    assert 'embedstream_freshness_seconds_bucket{le="1.0"} 0.0' in text
+
+
+def test_health_endpoints():
+    m, h = Metrics(), Health()
+    port = free_port()
+    server = serve(m, h, port, "127.0.0.1")
+    try:
+        assert get(port, "/livez")[0] == 200
+        code, body = get(port, "/readyz")
+        assert code == 503 and json.loads(body)["checks"]["model"]["ok"] is False
+        for c in Health.CHECKS:
+            h.set(c, True)
+        assert get(port, "/readyz")[0] == 200
+        assert get(port, "/nope")[0] == 404
+    finally:
+        server.shutdown()
+
+
+def test_worker_metrics_move_with_the_stream(settings, worker_factory, producer):
+    port = free_port()
+    settings = settings.replace(metrics_port=port)
+    worker = worker_factory(settings)
+    # readiness: 503 while loading, 200 once broker, topics, store and model are ready
+    seen = []
+
+    def ready():
+        try:
+            code, body = get(port, "/readyz")
+        except OSError:
+            return False
+        seen.append((code, json.loads(body)["checks"]["model"]["ok"]))
+        return code == 200
+    wait_for(ready, 60, interval=0.02, what="/readyz 200")
+    assert (503, False) in seen, seen
+
+    codec = EventCodec()
+    n = 12
+    for i in range(n):
+        producer.produce(settings.changes_topic, key=f"d{i}".encode(),
+                         value=codec.encode(ChangeEvent(f"d{i}", Op.UPSERT, 1, int(time.time() * 1000), f"text {i}")))
+    producer.produce(settings.changes_topic, key=b"d0", value=None)
+    producer.produce(settings.changes_topic, key=b"bad", value=b"\x42junk")
+    producer.flush(10)
+
+    def done():
+        m = scrape(port)
+        return m if m.get('embedstream_events_total{op="TOMBSTONE",outcome="deleted"}') == 1 and \
+            sum(v for k, v in m.items() if k.startswith("embedstream_events_total")) == n + 2 else None
+    m = wait_for(done, 90, what="metrics for all events")
+    # the tombstone may share a batch with d0's upsert (then the upsert is superseded)
+    written = m.get('embedstream_events_total{op="UPSERT",outcome="written"}', 0)
+    superseded = m.get('embedstream_events_total{op="UPSERT",outcome="superseded"}', 0)
+    assert written + superseded == n
+    assert m['embedstream_dead_letters_total{reason="unknown-magic-byte"}'] == 1
+    assert m["embedstream_freshness_seconds_count"] == written + 1
+    assert m["embedstream_chunks_written_total"] == written
+    assert m["embedstream_batch_size_events_sum"] == n + 2
+    assert m["embedstream_ready"] == 1
+    lag = {k: v for k, v in m.items() if k.startswith("embedstream_consumer_lag")}
+    assert lag and all(v == 0 for v in lag.values())
+    info = [k for k in m if k.startswith("embedstream_info")][0]
+    assert re.search(r'fingerprint="all-MiniLM-L6-v2:int8:', info) and 'provider="CPUExecutionProvider"' in info
+    assert worker.stop() == 0
