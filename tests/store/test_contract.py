@@ -1,0 +1,271 @@
+"""Contract suite of the :class:`~app.store.base.VectorStore` protocol.
+
+Every test runs against each backend of ``store_factory`` (see ``conftest.py``): LanceDB,
+the Weaviate adapter against the in-process Weaviate *test server* (a protocol double,
+not a real Weaviate), and - only when ``WEAVIATE_URL`` is set - a real Weaviate.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from app.store.base import ChunkRecord, DocState, FingerprintMismatch, VectorStore, chunk_uuid
+
+from .conftest import unit_vectors
+
+FP = "fp-A"
+DIM = 8
+
+
+def chunks_of(
+    doc_id: str,
+    n: int,
+    *,
+    version: int = 1,
+    fingerprint: str = FP,
+    dim: int = DIM,
+    seed: int = 0,
+    text: str = "chunk {i} of {doc}",
+    metadata: dict[str, str] | None = None,
+) -> list[ChunkRecord]:
+    vectors = unit_vectors(n, dim, seed)
+    return [
+        ChunkRecord(
+            doc_id=doc_id,
+            chunk_index=i,
+            chunk_count=n,
+            version=version,
+            content_hash=f"h{version}",
+            fingerprint=fingerprint,
+            event_time_ms=1_700_000_000_000 + version,
+            indexed_time_ms=1_700_000_000_500 + version,
+            text=text.format(i=i, doc=doc_id),
+            vector=vectors[i],
+            metadata=metadata if metadata is not None else {"source": "test", "lang": "en"},
+        )
+        for i in range(n)
+    ]
+
+
+def state(
+    doc_id: str, version: int = 1, *, deleted: bool = False, chunks: int = 2, fingerprint: str = FP
+) -> DocState:
+    return DocState(
+        doc_id=doc_id,
+        version=version,
+        content_hash="" if deleted else f"h{version}",
+        fingerprint=fingerprint,
+        chunk_count=0 if deleted else chunks,
+        deleted=deleted,
+        event_time_ms=1_700_000_000_000 + version,
+        updated_time_ms=1_700_000_000_900 + version,
+    )
+
+
+def test_store_implements_protocol(store_factory):
+    store = store_factory(FP, DIM)
+    assert isinstance(store, VectorStore)
+    assert store.fingerprint == FP and store.dim == DIM
+
+
+def test_upsert_then_count_and_search_finds_it(store_factory):
+    store = store_factory(FP, DIM)
+    chunks = chunks_of("doc-a", 3) + chunks_of("doc-b", 2, seed=1)
+    store.upsert_chunks(chunks)
+    assert store.count() == 5
+
+    hits = store.search(chunks[1].vector, k=3)
+    assert len(hits) == 3
+    best = hits[0]
+    assert (best.doc_id, best.chunk_index, best.version) == ("doc-a", 1, 1)
+    assert best.score == pytest.approx(1.0, abs=1e-4)
+    assert best.text == "chunk 1 of doc-a"
+    assert dict(best.metadata) == {"source": "test", "lang": "en"}
+    scores = [h.score for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    assert all(h.score < 0.9999 for h in hits[1:])
+
+
+def test_search_with_384_dim_vectors(store_factory):
+    store = store_factory(FP, 384)
+    chunks = chunks_of("doc-big", 20, dim=384, seed=7)
+    store.upsert_chunks(chunks)
+    hits = store.search(chunks[13].vector, k=5)
+    assert (hits[0].doc_id, hits[0].chunk_index) == ("doc-big", 13)
+    assert hits[0].score == pytest.approx(1.0, abs=1e-4)
+    assert len(hits) == 5
+
+
+def test_upsert_same_ids_replaces(store_factory):
+    store = store_factory(FP, DIM)
+    store.upsert_chunks(chunks_of("doc-a", 3, version=1, text="old {i}"))
+    v2 = chunks_of("doc-a", 3, version=2, seed=5, text="new {i}")
+    store.upsert_chunks(v2)
+    assert store.count() == 3
+    hits = store.search(v2[2].vector, k=1)
+    assert (hits[0].chunk_index, hits[0].version, hits[0].text) == (2, 2, "new 2")
+    stored = store.fetch_vectors([c.id for c in v2])
+    assert all(np.allclose(stored[c.id], c.vector, atol=1e-6) for c in v2)
+
+
+def test_delete_from_index_keeps_the_head(store_factory):
+    store = store_factory(FP, DIM)
+    chunks = chunks_of("doc-a", 4)
+    store.upsert_chunks(chunks + chunks_of("doc-b", 2, seed=1))
+    assert store.delete_chunks("doc-a", from_index=1) == 3
+    assert store.count() == 3
+    left = store.fetch_vectors([c.id for c in chunks])
+    assert set(left) == {chunk_uuid("doc-a", 0)}
+    assert store.delete_chunks("doc-a", from_index=1) == 0
+
+
+def test_delete_all_chunks_of_a_document(store_factory):
+    store = store_factory(FP, DIM)
+    store.upsert_chunks(chunks_of("doc-a", 3) + chunks_of("doc-b", 2, seed=1))
+    assert store.delete_chunks("doc-a") == 3
+    assert store.count() == 2
+    assert {h.doc_id for h in store.search(unit_vectors(1, DIM, 9)[0], k=10)} == {"doc-b"}
+    assert store.delete_chunks("doc-missing") == 0
+
+
+def test_ids_sharing_words_never_touch_each_other(store_factory):
+    """doc_id must be compared as a whole value (Weaviate: FIELD tokenization, not WORD)."""
+    store = store_factory(FP, DIM)
+    ids = ["doc-1", "doc-1-extra", "Doc 1", "doc"]
+    for n, doc_id in enumerate(ids):
+        store.upsert_chunks(chunks_of(doc_id, 2, seed=n))
+    store.put_states([state(doc_id, version=n + 1) for n, doc_id in enumerate(ids)])
+
+    got = store.get_states(["doc-1"])
+    assert set(got) == {"doc-1"} and got["doc-1"].version == 1
+    assert set(store.get_states(["doc-1-extra", "doc"])) == {"doc-1-extra", "doc"}
+    assert store.get_states(["doc-2", "extra", "1"]) == {}
+
+    assert store.delete_chunks("doc-1") == 2
+    assert store.count() == 6
+    remaining = store.fetch_vectors([chunk_uuid(d, i) for d in ids for i in range(2)])
+    assert {cid for cid in remaining} == {chunk_uuid(d, i) for d in ids[1:] for i in range(2)}
+    assert store.delete_chunks("doc") == 2
+    assert store.delete_chunks("1") == 0
+    assert store.count() == 4
+
+
+def test_delete_more_than_query_maximum_results(store_factory):
+    """One Weaviate batch delete removes at most 10 000 objects: the adapter must loop."""
+    store = store_factory(FP, DIM)
+    n = 10_001
+    vectors = unit_vectors(64, DIM, 3)
+    big = [
+        ChunkRecord("doc-huge", i, n, 1, "h", FP, 1, 2, f"t{i}", vectors[i % 64], {}) for i in range(n)
+    ]
+    for start in range(0, n, 2_500):
+        store.upsert_chunks(big[start : start + 2_500])
+    store.upsert_chunks(chunks_of("doc-small", 1))
+    assert store.count() == n + 1
+    t0 = time.perf_counter()
+    assert store.delete_chunks("doc-huge") == n
+    assert time.perf_counter() - t0 < 60
+    assert store.count() == 1
+
+
+def test_states_round_trip_including_tombstones(store_factory):
+    store = store_factory(FP, DIM)
+    states = [state("doc-a", 3), state("doc-b", 1, chunks=7), state("doc-c", 4, deleted=True)]
+    store.put_states(states)
+    got = store.get_states(["doc-a", "doc-b", "doc-c", "doc-missing"])
+    assert got == {s.doc_id: s for s in states}
+    assert got["doc-c"].deleted and got["doc-c"].content_hash == "" and got["doc-c"].chunk_count == 0
+
+    # replace by doc_id: the tombstone comes back to life, a live doc becomes a tombstone
+    store.put_states([state("doc-c", 5), state("doc-a", 4, deleted=True)])
+    got = store.get_states(["doc-a", "doc-c"])
+    assert got["doc-c"] == state("doc-c", 5)
+    assert got["doc-a"] == state("doc-a", 4, deleted=True)
+    assert store.count_documents(include_deleted=True) == 3
+
+
+def test_count_documents_excludes_tombstones_by_default(store_factory):
+    store = store_factory(FP, DIM)
+    store.put_states([state("a"), state("b"), state("c", deleted=True), state("d", deleted=True)])
+    assert store.count_documents() == 2
+    assert store.count_documents(include_deleted=False) == 2
+    assert store.count_documents(include_deleted=True) == 4
+
+
+def test_get_states_with_many_ids(store_factory):
+    store = store_factory(FP, DIM)
+    store.put_states([state(f"doc-{i}", i + 1) for i in range(300)])
+    wanted = [f"doc-{i}" for i in range(0, 300, 2)] + ["doc-x"]
+    got = store.get_states(wanted)
+    assert set(got) == set(wanted) - {"doc-x"}
+    assert got["doc-298"].version == 299
+
+
+def test_fetch_vectors_returns_the_stored_vectors(store_factory):
+    store = store_factory(FP, DIM)
+    chunks = chunks_of("doc-a", 5, seed=11)
+    store.upsert_chunks(chunks)
+    missing = chunk_uuid("doc-a", 99)
+    got = store.fetch_vectors([c.id for c in chunks] + [missing])
+    assert set(got) == {c.id for c in chunks}
+    for c in chunks:
+        assert got[c.id].dtype == np.float32
+        assert np.allclose(got[c.id], c.vector, atol=1e-6)
+
+
+def test_empty_inputs(store_factory):
+    store = store_factory(FP, DIM)
+    store.upsert_chunks([])
+    store.put_states([])
+    assert store.get_states([]) == {}
+    assert store.fetch_vectors([]) == {}
+    assert store.count() == 0 and store.count_documents() == 0
+    assert store.search(unit_vectors(1, DIM)[0], k=3) == []
+
+
+def test_chunk_of_another_fingerprint_is_refused(store_factory):
+    store = store_factory(FP, DIM)
+    mixed = chunks_of("doc-a", 2) + chunks_of("doc-b", 1, fingerprint="fp-OTHER")
+    with pytest.raises(FingerprintMismatch):
+        store.upsert_chunks(mixed)
+    assert store.count() == 0  # refused before anything was sent
+
+
+def test_chunk_of_another_dimension_is_refused(store_factory):
+    store = store_factory(FP, DIM)
+    with pytest.raises(FingerprintMismatch):
+        store.upsert_chunks(chunks_of("doc-a", 2, dim=DIM * 2))
+    assert store.count() == 0
+
+
+def test_state_of_another_fingerprint_is_refused(store_factory):
+    store = store_factory(FP, DIM)
+    other = DocState("doc-a", 1, "h", "fp-OTHER", 1, False, 1, 2)
+    with pytest.raises(FingerprintMismatch):
+        store.put_states([other])
+    assert store.count_documents(include_deleted=True) == 0
+
+
+def test_data_persists_across_close_and_reopen(store_factory):
+    store = store_factory(FP, DIM)
+    chunks = chunks_of("doc-a", 3)
+    store.upsert_chunks(chunks)
+    store.put_states([state("doc-a", 1, chunks=3), state("doc-z", 2, deleted=True)])
+    store.close()
+
+    again = store_factory(FP, DIM)
+    assert again.count() == 3
+    assert again.count_documents() == 1 and again.count_documents(include_deleted=True) == 2
+    assert again.get_states(["doc-a", "doc-z"])["doc-z"].deleted
+    hits = again.search(chunks[2].vector, k=1)
+    assert (hits[0].doc_id, hits[0].chunk_index) == ("doc-a", 2)
+
+
+def test_fingerprints_are_isolated(store_factory):
+    a = store_factory("fp-A", DIM)
+    b = store_factory("fp-B", DIM)
+    a.upsert_chunks(chunks_of("doc-a", 2, fingerprint="fp-A"))
+    assert a.count() == 2 and b.count() == 0
+    assert b.search(unit_vectors(1, DIM)[0], k=5) == []
