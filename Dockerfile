@@ -1,16 +1,15 @@
-# CPU worker image. Build: docker build -t embedstream:cpu .
-# GPU image: docker build --build-arg RUNTIME=gpu --build-arg BASE=nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04 ...
-# (the deployment issue adds the dedicated GPU Dockerfile and compose profile)
-ARG BASE=python:3.11-slim
-FROM ${BASE}
-ARG RUNTIME=cpu
+# CPU worker image (onnxruntime). Build: docker build -t embedstream:cpu .
+# The GPU image is deploy/Dockerfile.gpu (onnxruntime-gpu; never both runtimes in one image).
+FROM python:3.11-slim
 WORKDIR /opt/embedstream
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY schemas ./schemas
 COPY topics ./topics
-RUN pip install --no-cache-dir -e ".[${RUNTIME}]"
+RUN pip install --no-cache-dir -e ".[cpu]"
 ENV EMBEDSTREAM_DATA_DIR=/var/lib/embedstream PYTHONUNBUFFERED=1
+RUN mkdir -p /var/lib/embedstream && chown 65534:65534 /var/lib/embedstream
 USER 65534:65534
+EXPOSE 9464
 ENTRYPOINT ["embedstream"]
 CMD ["worker"]
