@@ -147,5 +147,8 @@ def _credentials(settings: Settings):
 def run_worker(settings: Settings, processor, metrics=None, on_batch=None) -> None:
     """Run the Faust worker until SIGTERM/SIGINT (Faust installs the signal handlers)."""
     app = create_app(settings, processor, metrics, on_batch)
-    worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False)
+    # override_logging=False keeps our handlers (plain or JSON, see cli.setup_logging)
+    worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False,
+                          override_logging=False)
+    worker.spinner = None  # Faust's progress spinner writes terminal escapes into non-TTY logs
     worker.execute_from_commandline()

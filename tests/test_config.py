@@ -42,3 +42,12 @@ def test_kafka_config_requires_servers():
     conf = Settings.load(env={}, bootstrap_servers="k:9092", security_protocol="SASL_SSL",
                          sasl_mechanism="SCRAM-SHA-512", sasl_username="u", sasl_password="p").kafka_config()
     assert conf["sasl.mechanism"] == "SCRAM-SHA-512" and conf["bootstrap.servers"] == "k:9092"
+
+
+def test_readme_lists_every_setting_with_its_default():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for name, value, _, _ in Settings.load(env={}).describe():
+        shown = "(empty)" if value in ("''", "") else f"`{value}`"
+        assert f"| `{name}` | {shown} |" in readme, f"{name} (default {value}) missing from the README table"

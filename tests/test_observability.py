@@ -110,3 +110,22 @@ def test_worker_metrics_move_with_the_stream(settings, worker_factory, producer)
     info = [k for k in m if k.startswith("embedstream_info")][0]
     assert re.search(r'fingerprint="all-MiniLM-L6-v2:int8:', info) and 'provider="CPUExecutionProvider"' in info
     assert worker.stop() == 0
+
+
+def test_worker_json_logs_one_line_per_batch_without_secrets(settings, worker_factory, producer):
+    worker = worker_factory(settings, EMBEDSTREAM_LOG_JSON="true", EMBEDSTREAM_WEAVIATE_API_KEY="wv-secret-77",
+                            EMBEDSTREAM_SASL_PASSWORD="kafka-secret-88")
+    codec = EventCodec()
+    producer.produce(settings.changes_topic, key=b"a",
+                     value=codec.encode(ChangeEvent("a", Op.UPSERT, 1, int(time.time() * 1000), "hello")))
+    producer.flush(10)
+
+    def batch_line():
+        for line in worker.log().splitlines():
+            if line.startswith("{") and "batch events=" in line:
+                return json.loads(line)
+    rec = wait_for(batch_line, 90, what="a JSON batch log line")
+    assert rec["level"] == "INFO" and "written=1" in rec["msg"] and "encode_ms=" in rec["msg"]
+    assert worker.stop() == 0
+    log = worker.log()
+    assert "wv-secret-77" not in log and "kafka-secret-88" not in log
