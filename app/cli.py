@@ -81,6 +81,11 @@ def _progress(done: int, total: int, started: float, what: str) -> None:
 # ----------------------------------------------------------------------------------------
 def cmd_config(args) -> int:
     s = _settings(args)
+    if args.markdown:  # the README's settings table
+        print("| variable | default | meaning |\n|---|---|---|")
+        for name, value, _, doc in Settings.load(env={}).describe():
+            print(f"| `{name}` | {'(empty)' if value in ('', "''") else f'`{value}`'} | {doc} |")
+        return 0
     for name, value, source, doc in s.describe():
         print(f"{name:34s} {value:28s} [{source}]\n    {doc}")
     return 0
@@ -413,7 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_topics)
 
     sp = common(sub.add_parser("config", help="print every setting, its value and where it came from"))
+    sp.add_argument("--markdown", action="store_true", help="print the defaults as the README's Markdown table")
     sp.set_defaults(func=cmd_config)
+    from app import cli_ops  # replay, reindex, offsets, dlq
+    cli_ops.register(sub, common)
     return p
 
 

@@ -42,10 +42,12 @@ def build_codec(settings: Settings):
 
 
 def build_processor(settings: Settings, encoder=None, store=None):
+    from app.cache import EmbeddingCache
     from app.chunking import Chunker
     from app.pipeline import Processor
 
     encoder = encoder or build_encoder(settings)
     store = store or open_store(settings, encoder.fingerprint, encoder.dim)
     chunker = Chunker(encoder.tokenizer, settings.chunk_tokens, settings.chunk_overlap)
-    return Processor(build_codec(settings), encoder, chunker, store)
+    cache = EmbeddingCache(settings.embedding_cache_entries) if settings.embedding_cache_entries > 0 else None
+    return Processor(build_codec(settings), encoder, chunker, store, cache=cache)

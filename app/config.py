@@ -54,6 +54,7 @@ class Settings:
     max_batch_tokens: int = _s(8192, "Token budget of one encoder call (rows x padded length).")
     chunk_tokens: int = _s(256, "Maximum tokens per chunk, special tokens included (<= 256).")
     chunk_overlap: int = _s(32, "Tokens shared by consecutive chunks of a document.")
+    embedding_cache_entries: int = _s(20_000, "Chunk embeddings kept in the LRU cache (0: off; ~1.6 kB each).")
     max_text_bytes: int = _s(1_000_000, "Largest accepted document text; larger events are dead-lettered.")
     # --- store -------------------------------------------------------------------------
     store: str = _s("lancedb", "Vector store: lancedb (embedded) or weaviate.", choices=("lancedb", "weaviate"))

@@ -39,6 +39,8 @@ class Metrics:
                                         "reused because the content did not change", registry=r)
         self.chunks_encoded = Counter("embedstream_chunks_encoded", "Chunks embedded by the encoder", registry=r)
         self.chunks_written = Counter("embedstream_chunks_written", "Chunk objects written to the store", registry=r)
+        self.cache_hits = Counter("embedstream_embedding_cache_hits", "Chunks whose vector came from the "
+                                  "embedding cache (hit rate = hits / (hits + chunks_encoded))", registry=r)
         self.store_retries = Counter("embedstream_store_retries", "Transient store failures retried", registry=r)
         self.batch_size = Histogram("embedstream_batch_size_events", "Events per micro-batch",
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=r)
@@ -65,6 +67,7 @@ class Metrics:
             self.dead_letters.labels(d.reason).inc()
         self.unchanged_reused.inc(result.counts.get("unchanged_reused", 0))
         self.chunks_encoded.inc(result.chunks_encoded)
+        self.cache_hits.inc(result.cache_hits)
         self.chunks_written.inc(result.chunks_written)
         self.store_retries.inc(result.store_retries)
         self.batch_size.observe(result.records)

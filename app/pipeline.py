@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from app.batching import Action, Decision, coalesce, plan
+from app.cache import EmbeddingCache
 from app.chunking import Chunk, Chunker
 from app.deadletter import DeadLetter, Record
 from app.events import ChangeEvent, DecodeError, EventCodec, Op
@@ -63,6 +64,8 @@ class BatchResult:
     counts: Counter = field(default_factory=Counter)
     chunks_written: int = 0
     chunks_encoded: int = 0
+    #: chunks whose vector came from the embedding cache (or an identical chunk of the batch)
+    cache_hits: int = 0
     store_retries: int = 0
     decode_s: float = 0.0
     encode_s: float = 0.0
@@ -104,7 +107,8 @@ class Processor:
 
     def __init__(self, codec: EventCodec, encoder, chunker: Chunker, store: VectorStore,
                  backoff: Backoff | None = None, should_stop: Callable[[], bool] | None = None,
-                 on_retry: Callable[[Exception, float], None] | None = None):
+                 on_retry: Callable[[Exception, float], None] | None = None,
+                 cache: EmbeddingCache | None = None):
         self.codec = codec
         self.encoder = encoder
         self.chunker = chunker
@@ -115,6 +119,7 @@ class Processor:
         self.backoff = backoff or Backoff()
         self.should_stop = should_stop or (lambda: False)
         self.on_retry = on_retry
+        self.cache = cache
         self._stop_event = threading.Event()
 
     # ------------------------------------------------------------------------------
@@ -191,19 +196,17 @@ class Processor:
         if not items:
             return
         token_ids = [c.token_ids for w in items for c in w.chunks]
-        try:
-            vecs, norms = self.encoder.encode_tokens(token_ids)
-            groups = [(items, vecs, norms)]
-        except Exception as exc:  # an encoder failure on the whole batch: isolate the culprit
-            log.warning("encoder failed on a batch of %d chunks (%s); retrying per document", len(token_ids), exc)
+        vecs, norms = self._encode_cached(token_ids, items, res)
+        if vecs is None:  # the encoder failed on the whole batch: isolate the culprit
             groups = []
             for w in items:
                 try:
-                    v, n = self.encoder.encode_tokens([c.token_ids for c in w.chunks])
-                    groups.append(([w], v, n))
-                except Exception as exc2:
-                    res.dead_letter(DeadLetter(w.record, "encoder-error", f"{type(exc2).__name__}: {exc2}",
+                    groups.append(([w], *self.encoder.encode_tokens([c.token_ids for c in w.chunks])))
+                except Exception as exc:
+                    res.dead_letter(DeadLetter(w.record, "encoder-error", f"{type(exc).__name__}: {exc}",
                                                stage="encode"), "UPSERT")
+        else:
+            groups = [(items, vecs, norms)]
         for group, vecs, norms in groups:
             i = 0
             for w in group:
@@ -216,13 +219,44 @@ class Processor:
                                     "UPSERT")
                     continue
                 w.vectors, w.norms = v, norms[i - n:i]
-                res.chunks_encoded += n
                 res.vector_doc_ids.extend([w.decision.winner.event.doc_id] * n)
                 res.vector_records.extend([w.record] * n)
         encoded = [w for g, _, _ in groups for w in g if w.vectors is not None and w.norms is not None]
         if encoded:
             res.vectors = np.concatenate([w.vectors for w in encoded])
             res.norms = np.concatenate([w.norms for w in encoded])
+
+    def _encode_cached(self, token_ids, items, res: BatchResult):
+        """Encode through the cache: only chunks not seen before reach the encoder.
+
+        Returns (vectors, norms), or (None, None) when the encoder raised.
+        """
+        n = len(token_ids)
+        vecs = np.empty((n, self.encoder.dim), dtype=np.float32)
+        norms = np.empty(n, dtype=np.float32)
+        keys = ([self.cache.key(self.fingerprint, t) for t in token_ids] if self.cache is not None
+                else [None] * n)
+        todo: dict[bytes | int, list[int]] = {}
+        for i, k in enumerate(keys):
+            hit = self.cache.get(k) if k is not None else None
+            if hit is not None:
+                vecs[i], norms[i] = hit
+            else:
+                todo.setdefault(k if k is not None else i, []).append(i)  # duplicates in-batch: encode once
+        if todo:
+            first = [idx[0] for idx in todo.values()]
+            try:
+                v, nr = self.encoder.encode_tokens([token_ids[i] for i in first])
+            except Exception as exc:
+                log.warning("encoder failed on a batch of %d chunks (%s); retrying per document", len(first), exc)
+                return None, None
+            res.chunks_encoded += len(first)
+            for j, (k, idx) in enumerate(todo.items()):
+                vecs[idx], norms[idx] = v[j], nr[j]
+                if self.cache is not None and np.isfinite(v[j]).all():
+                    self.cache.put(k, v[j], float(nr[j]))
+        res.cache_hits += n - len(todo)  # chunks that did not reach the encoder
+        return vecs, norms
 
     # ------------------------------------------------------------------------------
     def _write(self, work: list[_Work], res: BatchResult) -> None:

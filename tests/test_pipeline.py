@@ -212,3 +212,21 @@ def test_store_refuses_other_fingerprints(tmp_path, encoder, encoder_fp32):
     with pytest.raises(FingerprintMismatch):
         s.upsert_chunks([ChunkRecord("d", 0, 1, 1, "h", encoder_fp32.fingerprint, 0, 0, "t",
                                      np.zeros(384, np.float32))])
+
+
+def test_embedding_cache_encodes_boilerplate_once(codec, store, encoder):
+    from app.cache import EmbeddingCache
+
+    counting = CountingEncoder(encoder)
+    cache = EmbeddingCache(100)
+    p = Processor(codec, counting, Chunker(encoder.tokenizer), store, cache=cache)
+    footer = "This message is confidential and intended only for the addressee."
+    res = p.process([rec(codec, f"mail-{i}", 1, footer) for i in range(5)])
+    assert counting.chunks == 1 and res.chunks_encoded == 1 and res.cache_hits == 4
+    assert store.count_documents() == 5
+    res = p.process([rec(codec, "mail-9", 1, footer), rec(codec, "other", 1, "something new")])
+    assert counting.chunks == 2 and res.cache_hits == 1 and cache.hits == 1 and len(cache) == 2
+    # cached vectors equal freshly encoded ones (int8 runs per row: no batch effect)
+    fresh = encoder.encode([footer])[0]
+    stored = store.fetch_vectors([r["id"] for r in store.chunk_rows("mail-9")])
+    assert np.allclose(list(stored.values())[0], fresh, atol=1e-6)
