@@ -84,7 +84,8 @@ def cmd_config(args) -> int:
     if args.markdown:  # the README's settings table
         print("| variable | default | meaning |\n|---|---|---|")
         for name, value, _, doc in Settings.load(env={}).describe():
-            print(f"| `{name}` | {'(empty)' if value in ('', "''") else f'`{value}`'} | {doc} |")
+            shown = "(empty)" if value in ("", "''") else f"`{value}`"
+            print(f"| `{name}` | {shown} | {doc} |")
         return 0
     for name, value, source, doc in s.describe():
         print(f"{name:34s} {value:28s} [{source}]\n    {doc}")
