@@ -50,4 +50,10 @@ def build_processor(settings: Settings, encoder=None, store=None):
     store = store or open_store(settings, encoder.fingerprint, encoder.dim)
     chunker = Chunker(encoder.tokenizer, settings.chunk_tokens, settings.chunk_overlap)
     cache = EmbeddingCache(settings.embedding_cache_entries) if settings.embedding_cache_entries > 0 else None
-    return Processor(build_codec(settings), encoder, chunker, store, cache=cache)
+    from app.scrub import load_scrubber
+
+    try:
+        scrubber = load_scrubber(settings.scrubber)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"EMBEDSTREAM_SCRUBBER={settings.scrubber!r}: {exc}") from exc
+    return Processor(build_codec(settings), encoder, chunker, store, cache=cache, scrubber=scrubber)

@@ -55,7 +55,12 @@ class Settings:
     chunk_tokens: int = _s(256, "Maximum tokens per chunk, special tokens included (<= 256).")
     chunk_overlap: int = _s(32, "Tokens shared by consecutive chunks of a document.")
     embedding_cache_entries: int = _s(20_000, "Chunk embeddings kept in the LRU cache (0: off; ~1.6 kB each).")
+    scrubber: str = _s("none", "Personal-data scrubbing before embedding: none, regex (e-mail, phone, card) "
+                              "or package.module:factory.")
     max_text_bytes: int = _s(1_000_000, "Largest accepted document text; larger events are dead-lettered.")
+    # --- drift ---------------------------------------------------------------------------
+    drift_enabled: bool = _s(True, "Watch the produced vectors for drift and publish alerts.")
+    drift_warmup: int = _s(2000, "Vectors used to learn the drift reference (no alerts before).")
     # --- store -------------------------------------------------------------------------
     store: str = _s("lancedb", "Vector store: lancedb (embedded) or weaviate.", choices=("lancedb", "weaviate"))
     data_dir: str = _s("./data", "Directory for LanceDB files, drift state and the embedded broker's log.")

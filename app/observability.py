@@ -41,6 +41,8 @@ class Metrics:
         self.chunks_written = Counter("embedstream_chunks_written", "Chunk objects written to the store", registry=r)
         self.cache_hits = Counter("embedstream_embedding_cache_hits", "Chunks whose vector came from the "
                                   "embedding cache (hit rate = hits / (hits + chunks_encoded))", registry=r)
+        self.scrubbed = Counter("embedstream_scrubbed", "Personal data replaced before embedding, by kind",
+                                ["kind"], registry=r)
         self.store_retries = Counter("embedstream_store_retries", "Transient store failures retried", registry=r)
         self.batch_size = Histogram("embedstream_batch_size_events", "Events per micro-batch",
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=r)
@@ -54,6 +56,13 @@ class Metrics:
                                    "(event -> searchable)", buckets=FRESHNESS_BUCKETS, registry=r)
         self.record_freshness = Histogram("embedstream_record_freshness_seconds", "Kafka record timestamp to "
                                           "store acknowledgement", buckets=FRESHNESS_BUCKETS, registry=r)
+        self.drift_alerts = Counter("embedstream_drift_alerts", "Drift alerts published", ["kind", "severity"],
+                                    registry=r)
+        self.drift_active = Gauge("embedstream_drift_active", "1 while a drift episode is open", registry=r)
+        self.drift_warming_up = Gauge("embedstream_drift_warming_up", "1 while the drift reference is being "
+                                      "learned", registry=r)
+        self.drift_observed = Gauge("embedstream_drift_vectors_observed", "Vectors seen by the drift monitor",
+                                    registry=r)
         self.lag = Gauge("embedstream_consumer_lag", "Records behind the fetch high-watermark",
                          ["topic", "partition"], registry=r)
         self.ready = Gauge("embedstream_ready", "1 when the worker is ready", registry=r)
@@ -68,6 +77,8 @@ class Metrics:
         self.unchanged_reused.inc(result.counts.get("unchanged_reused", 0))
         self.chunks_encoded.inc(result.chunks_encoded)
         self.cache_hits.inc(result.cache_hits)
+        for kind, n in result.scrubbed.items():
+            self.scrubbed.labels(kind).inc(n)
         self.chunks_written.inc(result.chunks_written)
         self.store_retries.inc(result.store_retries)
         self.batch_size.observe(result.records)

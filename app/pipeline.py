@@ -18,6 +18,7 @@ redelivery converges to the same state):
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import threading
@@ -79,6 +80,8 @@ class BatchResult:
     applied_times: list[tuple[int, int]] = field(default_factory=list)
     #: events by (op, outcome); ``counts`` holds the same by outcome alone
     outcomes: Counter = field(default_factory=Counter)
+    #: personal data replaced by the scrubber, by kind
+    scrubbed: Counter = field(default_factory=Counter)
 
     def count(self, op: str, outcome: str, n: int = 1) -> None:
         self.outcomes[(op, outcome)] += n
@@ -108,7 +111,7 @@ class Processor:
     def __init__(self, codec: EventCodec, encoder, chunker: Chunker, store: VectorStore,
                  backoff: Backoff | None = None, should_stop: Callable[[], bool] | None = None,
                  on_retry: Callable[[Exception, float], None] | None = None,
-                 cache: EmbeddingCache | None = None):
+                 cache: EmbeddingCache | None = None, scrubber=None):
         self.codec = codec
         self.encoder = encoder
         self.chunker = chunker
@@ -120,6 +123,7 @@ class Processor:
         self.should_stop = should_stop or (lambda: False)
         self.on_retry = on_retry
         self.cache = cache
+        self.scrubber = scrubber
         self._stop_event = threading.Event()
 
     # ------------------------------------------------------------------------------
@@ -137,11 +141,18 @@ class Processor:
         for pos in superseded:
             res.count(_op(events_at[pos]), "superseded")
 
-        # chunk the upserts first: the content hash decides "unchanged"
+        # scrub personal data first (nothing unscrubbed is embedded or stored), then hash:
+        # the content hash decides "unchanged"
         hashes: dict[str, str] = {}
         for doc_id, w in winners.items():
             if w.event.op is Op.UPSERT and w.event.version is not None:
-                hashes[doc_id] = self.chunker.content_hash(w.event.text or "")
+                if self.scrubber is not None:
+                    text, found = self.scrubber.scrub(w.event.text or "")
+                    for kind, n in found.items():
+                        res.scrubbed[kind] += n
+                    if found:
+                        w.event = dataclasses.replace(w.event, text=text)
+                hashes[doc_id] = self._content_hash(w.event.text or "")
         res.decode_s = time.perf_counter() - t0
 
         states = self._retry("read states", lambda: self.store.get_states(list(winners)), res)
@@ -179,6 +190,10 @@ class Processor:
         return res
 
     # ------------------------------------------------------------------------------
+    def _content_hash(self, text: str) -> str:
+        prefix = f"{self.scrubber.name}\x00" if self.scrubber is not None else ""
+        return self.chunker.content_hash(prefix + text)
+
     def _reuse_vectors(self, items: list[_Work], res: BatchResult) -> None:
         """Unchanged content: take the stored vectors instead of encoding again."""
         if not items:
@@ -270,14 +285,15 @@ class Processor:
             by_doc[ev.doc_id] = w
             if w.decision.action is Action.UPSERT:
                 n = len(w.chunks)
+                content_hash = self._content_hash(ev.text or "")
                 for c, v in zip(w.chunks, w.vectors):
                     chunks.append(ChunkRecord(
                         doc_id=ev.doc_id, chunk_index=c.index, chunk_count=n, version=w.decision.version,
-                        content_hash=self.chunker.content_hash(ev.text or ""), fingerprint=self.fingerprint,
+                        content_hash=content_hash, fingerprint=self.fingerprint,
                         event_time_ms=ev.event_time_ms, indexed_time_ms=now, text=c.text, vector=v,
                         metadata=ev.metadata))
                 deletes.append((ev.doc_id, n))
-                states[ev.doc_id] = DocState(ev.doc_id, w.decision.version, chunks[-1].content_hash,
+                states[ev.doc_id] = DocState(ev.doc_id, w.decision.version, content_hash,
                                              self.fingerprint, n, False, ev.event_time_ms, now)
             else:
                 deletes.append((ev.doc_id, 0))
