@@ -42,7 +42,7 @@ def to_record(event) -> Record:
                   headers=_headers(m), timestamp_ms=int((m.timestamp or 0) * 1000))
 
 
-def create_app(settings: Settings, processor, metrics=None, on_batch=None) -> faust.App:
+def create_app(settings: Settings, processor, metrics=None, on_batch=None, drift=None) -> faust.App:
     """Build the Faust app around a ready Processor (model loaded, store open)."""
     app = faust.App(
         settings.app_id,
@@ -60,6 +60,7 @@ def create_app(settings: Settings, processor, metrics=None, on_batch=None) -> fa
     )
     changes = app.topic(settings.changes_topic, key_type=bytes, value_type=bytes, allow_empty=True)
     dlq = app.topic(settings.dlq_topic, key_type=bytes, value_type=bytes)
+    alerts_topic = app.topic(settings.alerts_topic, key_type=bytes, value_type=bytes)
     executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="embed")
 
     @app.agent(changes, name="embed")
@@ -68,26 +69,31 @@ def create_app(settings: Settings, processor, metrics=None, on_batch=None) -> fa
         async for events in stream.noack_take(settings.batch_max_events, within=settings.batch_max_wait_s):
             records = [to_record(e) for e in events]
             t0 = time.perf_counter()
-            fut = loop.run_in_executor(executor, processor.process, records)
+            fut = loop.run_in_executor(executor, _step, processor, drift, records)
             try:
-                result = await asyncio.shield(fut)
+                result, alerts = await asyncio.shield(fut)
             except asyncio.CancelledError:
                 # shutting down: let the in-flight batch finish (bounded), ack it, then stop
                 try:
-                    result = await asyncio.wait_for(asyncio.shield(fut), SHUTDOWN_GRACE_S)
+                    result, alerts = await asyncio.wait_for(asyncio.shield(fut), SHUTDOWN_GRACE_S)
                 except (asyncio.TimeoutError, Interrupted):
                     processor.stop()
                     raise
+                await _publish_alerts(alerts_topic, alerts, metrics)
                 await _finish(stream, dlq, events, result, settings)
                 raise
             except Interrupted:
                 log.warning("batch interrupted before the store acknowledged it; not committing")
                 return
+            await _publish_alerts(alerts_topic, alerts, metrics)
             await _finish(stream, dlq, events, result, settings)
             elapsed = time.perf_counter() - t0
             if metrics is not None:
                 metrics.observe_batch(result, elapsed, int(time.time() * 1000))
                 _update_lag(app, metrics, events)
+                if drift is not None:
+                    metrics.drift_warming_up.set(1 if drift.monitor.warming_up else 0)
+                    metrics.drift_observed.set(drift.monitor.n_seen)
             c = result.counts
             log.info("batch events=%d written=%d deleted=%d stale=%d duplicate=%d dead_lettered=%d "
                      "chunks_encoded=%d chunks_written=%d encode_ms=%.0f store_ms=%.0f total_ms=%.0f",
@@ -98,6 +104,29 @@ def create_app(settings: Settings, processor, metrics=None, on_batch=None) -> fa
                 await on_batch(result)
 
     return app
+
+
+def _step(processor, drift, records):
+    """Executor thread: process the batch, then feed its vectors to the drift monitor."""
+    result = processor.process(records)
+    alerts = drift.observe(result) if drift is not None else []
+    return result, alerts
+
+
+async def _publish_alerts(topic, alerts, metrics) -> None:
+    """Publish drift alerts and wait for Kafka's acknowledgement (before the batch is acked)."""
+    if not alerts:
+        return
+    from app.alerts import encode_alert_message
+
+    futures = [await topic.send(key=a.kafka_key, value=encode_alert_message(a)) for a in alerts]
+    await asyncio.gather(*futures)
+    for a in alerts:
+        log.warning("drift alert %s %s %s on %s: %s", a.kind.value, a.severity.value, a.collection,
+                    ",".join(a.signals), a.message)
+        if metrics is not None:
+            metrics.drift_alerts.labels(a.kind.value, a.severity.value).inc()
+            metrics.drift_active.set(1 if a.kind.value == "FIRED" else 0)
 
 
 def _update_lag(app, metrics, events) -> None:
@@ -144,9 +173,9 @@ def _credentials(settings: Settings):
     return None
 
 
-def run_worker(settings: Settings, processor, metrics=None, on_batch=None) -> None:
+def run_worker(settings: Settings, processor, metrics=None, on_batch=None, drift=None) -> None:
     """Run the Faust worker until SIGTERM/SIGINT (Faust installs the signal handlers)."""
-    app = create_app(settings, processor, metrics, on_batch)
+    app = create_app(settings, processor, metrics, on_batch, drift)
     # override_logging=False keeps our handlers (plain or JSON, see cli.setup_logging)
     worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False,
                           override_logging=False)

@@ -130,10 +130,21 @@ def cmd_worker(args) -> int:
     processor = build_processor(s, encoder, store)
     metrics.info.info({"fingerprint": encoder.fingerprint, "provider": encoder.provider,
                        "store": s.store, **_versions()})
+    drift = None
+    if s.drift_enabled:
+        import atexit
+
+        from app.alerts import DriftStage
+        from app.drift import DriftConfig
+
+        collection = getattr(store, "collection", s.collection_prefix)
+        drift = DriftStage(encoder.fingerprint, collection, Path(s.data_dir) / "drift",
+                           DriftConfig(warmup=s.drift_warmup))
+        atexit.register(drift.close)
     log.info("worker ready: model %s on %s (%.1fs), store %s, topics %s -> %s",
              processor.fingerprint, processor.encoder.provider, time.perf_counter() - t,
              processor.store, s.changes_topic, s.dlq_topic)
-    run_worker(s, processor, metrics)
+    run_worker(s, processor, metrics, drift=drift)
     return 0
 
 
@@ -201,16 +212,64 @@ def cmd_produce(args) -> int:
     return 0
 
 
+def cmd_alerts(args) -> int:
+    import uuid
+
+    from confluent_kafka import Consumer
+
+    from app.alerts import decode_alert_message, format_alert
+    from app.events import DecodeError
+
+    s = _settings(args)
+    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
+
+    # manual assignment: no consumer-group join (fast) and nothing is ever committed
+    consumer = Consumer({**s.kafka_config(), "group.id": f"embedstream-alerts-{uuid.uuid4().hex[:8]}",
+                         "enable.auto.commit": False})
+    md = consumer.list_topics(s.alerts_topic, timeout=10).topics.get(s.alerts_topic)
+    if md is None or md.error is not None:
+        print(f"alerts topic {s.alerts_topic} not found; create topics with `embedstream topics create`",
+              file=sys.stderr)
+        return 2
+    start = OFFSET_END if args.follow and not args.from_beginning else OFFSET_BEGINNING
+    consumer.assign([TopicPartition(s.alerts_topic, p, start) for p in md.partitions])
+    if not args.json:
+        mode = "following" if args.follow else "reading"
+        print(f"{mode} drift alerts on {s.alerts_topic} ({s.bootstrap_servers}); Ctrl-C stops",
+              file=sys.stderr, flush=True)
+    idle_since, shown = time.monotonic(), 0
+    try:
+        while args.follow or time.monotonic() - idle_since < args.idle:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error() is not None:
+                continue
+            idle_since = time.monotonic()
+            try:
+                alert = decode_alert_message(msg.value())
+            except (DecodeError, Exception) as exc:  # never stop on one bad record
+                print(f"skipping undecodable record at {msg.partition()}@{msg.offset()}: {exc}", file=sys.stderr)
+                continue
+            print(alert.to_json(indent=None) if args.json else format_alert(alert) + "\n", flush=True)
+            shown += 1
+            if args.limit and shown >= args.limit:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+    return 0
+
+
 def cmd_search(args) -> int:
-    from app.components import build_encoder, open_store
+    from app.reindex import resolve_search_target
     from app.store.base import StoreError
 
     s = _settings(args)
-    enc = build_encoder(s)
     try:
-        store = open_store(s, enc.fingerprint, enc.dim, create=False)
-    except (StoreError, ValueError, FileNotFoundError) as exc:
-        print(f"no index for model {enc.fingerprint} in the {s.store} store "
+        # the collection the alias points to, encoded with that collection's model
+        enc, store = resolve_search_target(s)
+    except (StoreError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"no index to search in the {s.store} store "
               f"({s.data_dir if s.store == 'lancedb' else s.weaviate_url}): {exc}", file=sys.stderr)
         return 1
     hits = search_docs(store, enc.encode([args.query])[0], args.k, per_doc=not args.chunks)
@@ -409,6 +468,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.add_argument("--chunks", action="store_true", help="list chunks, not only each document's best chunk")
     sp.set_defaults(func=cmd_search)
+
+    sp = common(sub.add_parser("alerts", help="print drift alerts from the alerts topic",
+                               description="Read drift alerts (Avro DriftAlert records) and print them "
+                                           "readably, or as JSON lines with --json."), store=False)
+    sp.add_argument("--follow", "-f", action="store_true", help="keep waiting for new alerts (default: "
+                                                                 "print what is there and exit)")
+    sp.add_argument("--from-beginning", action="store_true", help="with --follow: start at the oldest alert")
+    sp.add_argument("--json", action="store_true", help="one JSON object per line")
+    sp.add_argument("--limit", type=int, default=0, help="stop after N alerts")
+    sp.add_argument("--idle", type=float, default=5.0, help="without --follow: exit after this many idle seconds")
+    sp.set_defaults(func=cmd_alerts)
 
     tp = sub.add_parser("topics", help="create or list the topics from topics/topics.toml")
     tsub = tp.add_subparsers(dest="topics_cmd", required=True)

@@ -81,4 +81,4 @@ def test_produce_rejects_bad_lines(settings):
 
 def test_search_without_index_says_so(tmp_path):
     out = run(["search", "anything"], env={"PATH": "/usr/bin:/bin", "EMBEDSTREAM_DATA_DIR": str(tmp_path)})
-    assert out.returncode == 1 and "no index" in out.stderr
+    assert out.returncode == 1 and "no index" in out.stderr, out.stderr

@@ -8,13 +8,33 @@ open, so a table can never receive vectors of another model.
 LanceDB allows one writer per table (two writer processes duplicate rows): run one
 worker per data directory. Readers (``embedstream search``) may run alongside; they see
 the latest committed version on every query.
+
+**Alias pointer** (the LanceDB equivalent of the Weaviate alias): ``aliases.json`` in the
+LanceDB directory maps an alias name (the collection prefix) to the collection readers
+should query and the fingerprint of its vectors, so a reader can load the matching
+encoder::
+
+    {"format": "embedstream.lancedb-aliases/1",
+     "aliases": {"embedstream": {"collection": "embedstream__1a2b3c4d5e6f",
+                                 "prefix": "embedstream",
+                                 "fingerprint": "all-MiniLM-L6-v2:int8:...:d384",
+                                 "updated_ms": 1700000000000}}}
+
+It is rewritten atomically (temporary file + fsync + ``os.replace``) under an exclusive
+``flock`` on ``aliases.lock``, so readers never see a half-written file and concurrent
+writers do not lose each other's updates. A store opened with ``create=True`` creates its
+alias when it is missing and never repoints an existing one (a reindex does, with
+:meth:`LanceDBStore.point_alias`).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -22,8 +42,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pyarrow as pa
 
-from app.store.base import (ChunkRecord, DocState, FingerprintMismatch, SearchHit, TransientStoreError,
-                            chunk_uuid)
+from app.store.base import (ChunkRecord, DocState, FingerprintMismatch, PermanentStoreError, SearchHit,
+                            TransientStoreError, chunk_uuid)
 
 log = logging.getLogger(__name__)
 FP_KEY = b"embedstream.fingerprint"
@@ -38,16 +58,93 @@ def collection_name(prefix: str, fingerprint: str) -> str:
     return f"{prefix}__{hashlib.sha256(fingerprint.encode()).hexdigest()[:12]}"
 
 
+# -- alias pointer ----------------------------------------------------------------------
+ALIASES_FILE = "aliases.json"
+ALIASES_FORMAT = "embedstream.lancedb-aliases/1"
+
+
+def read_aliases(path: str | Path) -> dict[str, dict]:
+    """Every alias record in the LanceDB directory ``path`` (empty when there is none).
+
+    >>> read_aliases("/nonexistent")
+    {}
+    """
+    f = Path(path) / ALIASES_FILE
+    try:
+        data = json.loads(f.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise TransientStoreError(f"cannot read {f}: {exc}") from exc
+    return dict(data.get("aliases") or {})
+
+
+def read_alias(path: str | Path, alias: str) -> dict | None:
+    """The record of one alias: ``{"collection", "prefix", "fingerprint", "updated_ms"}`` or None."""
+    return read_aliases(path).get(alias)
+
+
+@contextlib.contextmanager
+def _aliases_locked(path: Path):
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / "aliases.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _write_aliases(path: Path, aliases: dict[str, dict]) -> None:
+    tmp = path / f".{ALIASES_FILE}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"format": ALIASES_FORMAT, "aliases": aliases}, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path / ALIASES_FILE)
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def set_alias(path: str | Path, alias: str, collection: str, fingerprint: str, prefix: str | None = None,
+              only_if_missing: bool = False) -> dict:
+    """Point ``alias`` at ``collection`` (atomically); returns the alias record now in force.
+
+    With ``only_if_missing`` an existing alias is left as it is (and returned).
+    """
+    path = Path(path)
+    try:
+        with _aliases_locked(path):
+            aliases = read_aliases(path)
+            if only_if_missing and alias in aliases:
+                return aliases[alias]
+            rec = {"collection": collection, "fingerprint": fingerprint,
+                   "prefix": prefix if prefix is not None else collection.rsplit("__", 1)[0],
+                   "updated_ms": int(time.time() * 1000)}
+            aliases[alias] = rec
+            _write_aliases(path, aliases)
+            return rec
+    except OSError as exc:
+        raise TransientStoreError(f"cannot write the alias file in {path}: {exc}") from exc
+
+
 class LanceDBStore:
     """VectorStore on LanceDB files. See :mod:`app.store.base` for the contract."""
 
     def __init__(self, path: str | Path, fingerprint: str, dim: int, collection_prefix: str = "embedstream",
-                 create: bool = True):
+                 create: bool = True, use_alias: bool = True):
         import lancedb
 
         self.path = Path(path)
         self.fingerprint = fingerprint
         self.dim = dim
+        self.prefix = collection_prefix
+        #: the alias readers query (same name as the Weaviate alias: the collection prefix)
+        self.alias_name = collection_prefix
         self.collection = collection_name(collection_prefix, fingerprint)
         try:
             if create:
@@ -82,6 +179,8 @@ class LanceDBStore:
         ]).with_metadata(meta)
         self._chunks = self._open(f"{self.collection}__chunks", self._chunks_schema, create)
         self._docs = self._open(f"{self.collection}__docs", self._docs_schema, create)
+        if create and use_alias:
+            self._ensure_alias()
 
     def _open(self, name: str, schema: pa.Schema, create: bool):
         try:
@@ -95,6 +194,45 @@ class LanceDBStore:
         if have != self.fingerprint:
             raise FingerprintMismatch(f"LanceDB table {name} holds vectors of {have!r}, not {self.fingerprint!r}")
         return table
+
+    # -- alias ------------------------------------------------------------------------
+    def _ensure_alias(self) -> None:
+        """Create the alias pointing at this collection if missing; never repoint an existing one."""
+        rec = set_alias(self.path, self.alias_name, self.collection, self.fingerprint, self.prefix,
+                        only_if_missing=True)
+        if rec["collection"] != self.collection:
+            log.info("alias %s points at %s, not at this fingerprint's %s; leaving it (a reindex swaps it)",
+                     self.alias_name, rec["collection"], self.collection)
+
+    def alias_target(self) -> str | None:
+        """The collection the alias points at (None: no alias yet)."""
+        rec = read_alias(self.path, self.alias_name)
+        return None if rec is None else rec["collection"]
+
+    def alias_record(self) -> dict | None:
+        """The alias record: collection, prefix and fingerprint of the collection it points at."""
+        return read_alias(self.path, self.alias_name)
+
+    def collection_fingerprint(self, collection: str) -> str:
+        """Fingerprint of another collection in this directory, from its table metadata."""
+        try:
+            table = self._db.open_table(f"{collection}__chunks")
+        except (OSError, RuntimeError, ValueError, FileNotFoundError) as exc:
+            raise PermanentStoreError(f"no LanceDB collection {collection} in {self.path}") from exc
+        return (table.schema.metadata or {}).get(FP_KEY, b"").decode()
+
+    def point_alias(self, collection: str | None = None, fingerprint: str | None = None) -> None:
+        """Point the alias at ``collection`` (default: this store's), creating it if needed.
+
+        The fingerprint recorded with the alias is read from the target's table metadata when
+        not given (and must match it when given), so a reader can load the matching encoder.
+        """
+        target = collection or self.collection
+        have = self.fingerprint if target == self.collection else self.collection_fingerprint(target)
+        if fingerprint is not None and fingerprint != have:
+            raise FingerprintMismatch(f"collection {target} holds vectors of {have!r}, not {fingerprint!r}")
+        set_alias(self.path, self.alias_name, target, have, target.rsplit("__", 1)[0])
+        log.info("alias %s -> %s", self.alias_name, target)
 
     # -- helpers ----------------------------------------------------------------------
     def _guard(self, what: str, fn, *args):
