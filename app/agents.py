@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
+import threading
 import time
 
 import faust
@@ -173,11 +175,55 @@ def _credentials(settings: Settings):
     return None
 
 
+#: exit status when shutdown had to give up an in-flight batch (store unavailable); nothing of it
+#: was acked, so it is redelivered to the next worker
+EXIT_BATCH_ABANDONED = 75
+
+
+class _Worker(faust.Worker):
+    """Faust's worker with a bounded shutdown.
+
+    On SIGTERM/SIGINT Faust waits until every started event is acked before it stops. While
+    the store is down the in-flight batch can never be acked, so that wait would be forever.
+    A watchdog gives the batch ``SHUTDOWN_GRACE_S`` seconds; then it stops the processor's
+    retry loop and ends the process without acking the batch (at-least-once: it is redelivered).
+    """
+
+    def __init__(self, *args, processor=None, cleanup=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._processor = processor
+        self._cleanup = cleanup
+        self._watchdog: threading.Thread | None = None
+
+    def _schedule_shutdown(self, signal_num) -> None:
+        if self._watchdog is None:
+            self._watchdog = threading.Thread(target=self._give_up_after_grace, name="shutdown-watchdog",
+                                              daemon=True)
+            self._watchdog.start()
+        super()._schedule_shutdown(signal_num)
+
+    def _give_up_after_grace(self) -> None:
+        time.sleep(SHUTDOWN_GRACE_S)
+        log.error("shutdown: the in-flight batch did not finish within %.0fs (store unavailable?); "
+                  "exiting without acking it - it will be redelivered", SHUTDOWN_GRACE_S)
+        if self._processor is not None:
+            self._processor.stop()
+        time.sleep(2)
+        if self._cleanup is not None:
+            try:
+                self._cleanup()
+            except Exception:
+                log.exception("cleanup failed during forced shutdown")
+        logging.shutdown()
+        os._exit(EXIT_BATCH_ABANDONED)
+
+
 def run_worker(settings: Settings, processor, metrics=None, on_batch=None, drift=None) -> None:
     """Run the Faust worker until SIGTERM/SIGINT (Faust installs the signal handlers)."""
     app = create_app(settings, processor, metrics, on_batch, drift)
     # override_logging=False keeps our handlers (plain or JSON, see cli.setup_logging)
-    worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False,
-                          override_logging=False)
+    worker = _Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False,
+                     override_logging=False, processor=processor,
+                     cleanup=drift.close if drift is not None else None)
     worker.spinner = None  # Faust's progress spinner writes terminal escapes into non-TTY logs
     worker.execute_from_commandline()

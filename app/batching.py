@@ -1,38 +1,47 @@
-"""Micro-batch planning: which events of a batch to apply, given what the store holds.
+"""Micro-batch planning: what to write for each document of a batch, given what the store holds.
 
-Two pure steps, no I/O:
-
-1. :func:`coalesce` keeps, per document, the event that decides its final state
-   within the batch (records of one document arrive in offset order, one partition).
-   Older or superseded events are reported, never silently lost.
-2. :func:`plan` compares each surviving event with the stored :class:`DocState`:
+Pure logic, no I/O. The events of one document arrive in offset order (one partition).
+:func:`fold` applies them one by one to a *virtual* copy of the stored
+:class:`DocState`, with the rules below, and returns a :class:`DocPlan`: the single
+write (upsert or delete) that brings the store to the state the events lead to, and
+what happened to each event. Folding - rather than keeping only the "newest" event -
+makes the result independent of where batch boundaries fall (they differ at every
+redelivery), e.g. ``[tombstone, stale upsert]`` still deletes.
 
    ========================  =====================================================
-   stored state vs event     action
+   state so far vs event     action
    ========================  =====================================================
-   UPSERT, newer version     ``upsert`` (``reuse_vectors`` when content is unchanged)
+   UPSERT, newer version     ``upsert``
    UPSERT, same version,     ``duplicate`` (a redelivery: nothing to do)
    same content
    UPSERT, same version,     ``conflict`` (dead-lettered: versions must change
    other content             when content does)
    UPSERT, older version     ``stale`` (dropped: never overwrites newer state)
-   DELETE v >= stored        ``delete`` (or ``duplicate`` if already deleted at v)
+   DELETE v >= current       ``delete`` (or ``duplicate`` if already deleted at v)
    DELETE, older version     ``stale``
-   tombstone (no version)    ``delete`` of whatever is stored, keeping its version
-                             (or the highest version seen before it in the batch)
+   tombstone (no version)    ``delete`` of whatever is there, keeping its version
+                             (``noop`` if nothing is there)
    ========================  =====================================================
 
+Events whose record is at or below the offset the stored state was last written from
+(same topic and partition) were already applied: they are ``already_applied`` and skipped.
+Tombstones carry no version, so only this offset tells a redelivered tombstone from a new one.
+
     >>> from app.events import ChangeEvent, Op
-    >>> e = lambda v, op=Op.UPSERT: ChangeEvent("d", op, v, 0, text="t" if op is Op.UPSERT else None)
-    >>> winners, superseded = coalesce([(0, e(1)), (1, e(3)), (2, e(2))])
-    >>> [w.event.version for w in winners.values()], sorted(superseded)
-    ([3], [0, 2])
+    >>> up = lambda v: ChangeEvent("d", Op.UPSERT, v, 0, text=f"text {v}")
+    >>> tomb = ChangeEvent("d", Op.DELETE, None, 0)
+    >>> p = fold("d", [(0, up(1)), (1, up(3)), (2, up(2))], None, lambda e: e.text)
+    >>> p.action.value, p.version, [a.value for _, a in p.outcomes]
+    ('upsert', 3, ['superseded', 'upsert', 'stale'])
+    >>> p = fold("d", [(0, up(4)), (1, tomb), (2, up(2))], None, lambda e: e.text)
+    >>> p.action.value, p.version
+    ('delete', 4)
 """
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Callable, Sequence
 
 from app.events import ChangeEvent, Op
 from app.store.base import DocState
@@ -44,85 +53,89 @@ class Action(str, enum.Enum):
     DUPLICATE = "duplicate"
     STALE = "stale"
     CONFLICT = "conflict"
-    NOOP = "noop"  # tombstone for a document we never stored
+    NOOP = "noop"  # tombstone for a document that is not there
+    SUPERSEDED = "superseded"  # applied in the fold, then overridden by a later event of the batch
+    ALREADY_APPLIED = "already_applied"  # record at/below the offset the stored state came from
 
 
 @dataclass
-class Winner:
-    """The event that decides one document's state in this batch."""
-
-    pos: int  # position of the record in the batch
-    event: ChangeEvent
-    #: for tombstones: the highest version seen before it in the batch (or None)
-    floor_version: int | None = None
-
-
-def coalesce(items: Iterable[tuple[int, ChangeEvent]]) -> tuple[dict[str, Winner], list[int]]:
-    """Newest event per document. Returns (winners by doc_id, positions superseded in-batch)."""
-    winners: dict[str, Winner] = {}
-    superseded: list[int] = []
-    for pos, ev in items:
-        cur = winners.get(ev.doc_id)
-        if cur is None:
-            winners[ev.doc_id] = Winner(pos, ev)
-            continue
-        cur_v = cur.event.version if cur.event.version is not None else cur.floor_version
-        if ev.version is None:  # tombstone: deletes what came before it
-            superseded.append(cur.pos)
-            winners[ev.doc_id] = Winner(pos, ev, floor_version=cur_v)
-        elif cur_v is None or ev.version > cur_v or (ev.version == cur_v and ev.op is Op.DELETE
-                                                     and cur.event.op is Op.UPSERT):
-            superseded.append(cur.pos)
-            winners[ev.doc_id] = Winner(pos, ev)
-        else:
-            superseded.append(pos)  # older (or equal) than what the batch already has
-    return winners, superseded
-
-
-@dataclass
-class Decision:
+class DocPlan:
+    doc_id: str
+    #: UPSERT, DELETE, or NOOP when nothing is to be written
     action: Action
-    winner: Winner
-    state: DocState | None
-    #: version to record in the new state
+    #: position of the event whose content is written (UPSERT) or that deleted (DELETE)
+    pos: int = -1
+    event: ChangeEvent | None = None
     version: int = 0
+    #: the new content equals what the store holds: reuse the stored vectors
     reuse_vectors: bool = False
+    content_hash: str = ""
+    #: (position, action) of every event of the document in the batch
+    outcomes: list[tuple[int, Action]] = field(default_factory=list)
+    #: position of the document's last record in the batch (its offset goes into the state)
+    last_pos: int = -1
 
 
-def decide(w: Winner, state: DocState | None, content_hash: str | None) -> Decision:
-    """What to do with one winning event. ``content_hash`` is the new content's hash (UPSERT)."""
-    ev = w.event
+def _step(ev: ChangeEvent, cur: DocState | None, h: str | None) -> tuple[Action, int]:
+    """(action, version to record) of one event against the state so far."""
     if ev.version is None:  # tombstone
-        if state is None and w.floor_version is not None:
-            # the batch held a versioned event before the tombstone: remember the delete at
-            # that version so a redelivery of the older upsert cannot bring the doc back
-            return Decision(Action.DELETE, w, state, version=w.floor_version)
-        if state is None or state.deleted:
-            return Decision(Action.NOOP if state is None else Action.DUPLICATE, w, state)
-        return Decision(Action.DELETE, w, state, version=max(state.version, w.floor_version or 0))
+        if cur is None:
+            return Action.NOOP, 0
+        return (Action.DUPLICATE, cur.version) if cur.deleted else (Action.DELETE, cur.version)
     if ev.op is Op.DELETE:
-        if state is None:
-            return Decision(Action.DELETE, w, state, version=ev.version)
-        if ev.version < state.version:
-            return Decision(Action.STALE, w, state)
-        if state.deleted and ev.version == state.version:
-            return Decision(Action.DUPLICATE, w, state)
-        return Decision(Action.DELETE, w, state, version=ev.version)
-    # UPSERT
-    if state is None:
-        return Decision(Action.UPSERT, w, state, version=ev.version)
-    if ev.version < state.version:
-        return Decision(Action.STALE, w, state)
-    if ev.version == state.version:
-        if state.deleted:
-            return Decision(Action.STALE, w, state)  # a delete at this version came later
-        if state.content_hash == content_hash:
-            return Decision(Action.DUPLICATE, w, state)
-        return Decision(Action.CONFLICT, w, state)
-    reuse = (not state.deleted and state.content_hash == content_hash and state.chunk_count > 0)
-    return Decision(Action.UPSERT, w, state, version=ev.version, reuse_vectors=reuse)
+        if cur is None:
+            return Action.DELETE, ev.version
+        if ev.version < cur.version:
+            return Action.STALE, 0
+        if cur.deleted and ev.version == cur.version:
+            return Action.DUPLICATE, cur.version
+        return Action.DELETE, ev.version
+    if cur is None:
+        return Action.UPSERT, ev.version
+    if ev.version < cur.version:
+        return Action.STALE, 0
+    if ev.version == cur.version:
+        if cur.deleted:
+            return Action.STALE, 0  # a delete at this version came later
+        return (Action.DUPLICATE, 0) if cur.content_hash == h else (Action.CONFLICT, 0)
+    return Action.UPSERT, ev.version
 
 
-def plan(winners: Mapping[str, Winner], states: Mapping[str, DocState],
-         content_hashes: Mapping[str, str]) -> list[Decision]:
-    return [decide(w, states.get(doc_id), content_hashes.get(doc_id)) for doc_id, w in winners.items()]
+def fold(doc_id: str, events: Sequence[tuple[int, ChangeEvent]], stored: DocState | None,
+         content_hash: Callable[[ChangeEvent], str]) -> DocPlan:
+    """Apply one document's events (in offset order) to its stored state."""
+    cur = stored
+    plan = DocPlan(doc_id, Action.NOOP)
+    applied: int | None = None  # index into plan.outcomes of the event currently deciding the state
+    for pos, ev in events:
+        h = content_hash(ev) if ev.op is Op.UPSERT and ev.version is not None else None
+        action, version = _step(ev, cur, h)
+        plan.outcomes.append((pos, action))
+        plan.last_pos = max(plan.last_pos, pos)
+        if action not in (Action.UPSERT, Action.DELETE):
+            continue
+        if applied is not None:
+            plan.outcomes[applied] = (plan.outcomes[applied][0], Action.SUPERSEDED)
+        applied = len(plan.outcomes) - 1
+        plan.action, plan.pos, plan.event, plan.version = action, pos, ev, version
+        if action is Action.UPSERT:
+            plan.content_hash = h or ""
+            cur = DocState(doc_id, version, plan.content_hash, "", -1, False, 0, 0)
+        else:
+            plan.content_hash = ""
+            cur = DocState(doc_id, version, "", "", 0, True, 0, 0)
+    if plan.action is Action.UPSERT:
+        # reuse is judged against what the store really holds, not the virtual state
+        plan.reuse_vectors = (stored is not None and not stored.deleted and stored.chunk_count > 0
+                              and stored.content_hash == plan.content_hash)
+    return plan
+
+
+def already_applied(stored: DocState | None, topic: str, partition: int, offset: int) -> bool:
+    """True when the stored state was written from this record or a later one of its partition."""
+    return (stored is not None and stored.source_offset >= 0 and stored.source_topic == topic
+            and stored.source_partition == partition and offset <= stored.source_offset)
+
+
+def with_source(state: DocState, topic: str, partition: int, offset: int) -> DocState:
+    return replace(state, source_topic=topic, source_partition=partition, source_offset=offset)

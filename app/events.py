@@ -183,7 +183,9 @@ class EventCodec:
         if value is None:
             if key_str is None:
                 raise DecodeError("tombstone-without-key", "a null value needs the doc_id as key")
-            return ChangeEvent(doc_id=key_str, op=Op.DELETE, version=None, event_time_ms=0)
+            event = ChangeEvent(doc_id=key_str, op=Op.DELETE, version=None, event_time_ms=0)
+            self.validate(event)  # the key is the doc_id: same rules
+            return event
         if len(value) == 0:
             raise DecodeError("empty-value")
         if value[:2] == SINGLE_OBJECT_MAGIC:

@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from app.batching import Action, Decision, coalesce, plan
+from app.batching import Action, DocPlan, already_applied, fold, with_source
 from app.cache import EmbeddingCache
 from app.chunking import Chunk, Chunker
 from app.deadletter import DeadLetter, Record
@@ -98,8 +98,9 @@ def _op(ev: ChangeEvent) -> str:
 
 @dataclass
 class _Work:
-    decision: Decision
-    record: Record
+    plan: DocPlan
+    record: Record  # the record whose event decides the document's new state
+    last_record: Record  # the document's last record in the batch (its offset goes into the state)
     chunks: list[Chunk] = field(default_factory=list)
     vectors: np.ndarray | None = None
     norms: np.ndarray | None = None
@@ -136,48 +137,43 @@ class Processor:
                 decoded.append((pos, self.codec.decode(rec.key, rec.value, rec.topic)))
             except DecodeError as exc:
                 res.dead_letter(DeadLetter(rec, exc.reason, exc.detail, stage="decode"))
-        winners, superseded = coalesce(decoded)
-        events_at = dict(decoded)
-        for pos in superseded:
-            res.count(_op(events_at[pos]), "superseded")
-
-        # scrub personal data first (nothing unscrubbed is embedded or stored), then hash:
-        # the content hash decides "unchanged"
-        hashes: dict[str, str] = {}
-        for doc_id, w in winners.items():
-            if w.event.op is Op.UPSERT and w.event.version is not None:
-                if self.scrubber is not None:
-                    text, found = self.scrubber.scrub(w.event.text or "")
-                    for kind, n in found.items():
-                        res.scrubbed[kind] += n
-                    if found:
-                        w.event = dataclasses.replace(w.event, text=text)
-                hashes[doc_id] = self._content_hash(w.event.text or "")
+        by_doc: dict[str, list[tuple[int, ChangeEvent]]] = {}
+        for pos, ev in decoded:  # offset order within a partition, hence per document
+            by_doc.setdefault(ev.doc_id, []).append((pos, ev))
         res.decode_s = time.perf_counter() - t0
 
-        states = self._retry("read states", lambda: self.store.get_states(list(winners)), res)
-        decisions = plan(winners, states, hashes)
-
+        states = self._retry("read states", lambda: self.store.get_states(list(by_doc)), res)
         work: list[_Work] = []
-        for d in decisions:
-            rec = records[d.winner.pos]
-            if d.action in (Action.UPSERT, Action.DELETE):
-                work.append(_Work(d, rec))
-            elif d.action is Action.CONFLICT:
-                res.dead_letter(DeadLetter(
-                    rec, "version-conflict",
-                    f"version {d.winner.event.version} is already stored with other content", stage="plan"),
-                    "UPSERT")
-            else:
-                res.count(_op(d.winner.event), d.action.value)
+        for doc_id, events in by_doc.items():
+            stored = states.get(doc_id)
+            fresh = []
+            for pos, ev in events:
+                r = records[pos]
+                if already_applied(stored, r.topic, r.partition, r.offset):
+                    res.count(_op(ev), Action.ALREADY_APPLIED.value)
+                else:
+                    fresh.append((pos, self._scrub(ev, res)))
+            if not fresh:
+                continue
+            plan = fold(doc_id, fresh, stored, lambda e: self._content_hash(e.text or ""))
+            for pos, action in plan.outcomes:
+                ev = dict(fresh)[pos]
+                if action is Action.CONFLICT:
+                    res.dead_letter(DeadLetter(records[pos], "version-conflict",
+                                               f"version {ev.version} is already stored with other content",
+                                               stage="plan"), "UPSERT")
+                elif action not in (Action.UPSERT, Action.DELETE):
+                    res.count(_op(ev), action.value)
+            if plan.action in (Action.UPSERT, Action.DELETE):
+                work.append(_Work(plan, records[plan.pos], records[plan.last_pos]))
 
-        upserts = [w for w in work if w.decision.action is Action.UPSERT]
+        upserts = [w for w in work if w.plan.action is Action.UPSERT]
         if upserts:
             t1 = time.perf_counter()
-            texts = [w.decision.winner.event.text or "" for w in upserts]
+            texts = [w.plan.event.text or "" for w in upserts]
             for w, chunks in zip(upserts, self.chunker.chunk_many(texts)):
                 w.chunks = chunks
-            self._reuse_vectors([w for w in upserts if w.decision.reuse_vectors], res)
+            self._reuse_vectors([w for w in upserts if w.plan.reuse_vectors], res)
             self._encode([w for w in upserts if w.vectors is None], res)
             res.encode_s = time.perf_counter() - t1
             # documents the encoder could not embed were dead-lettered in _encode
@@ -190,6 +186,15 @@ class Processor:
         return res
 
     # ------------------------------------------------------------------------------
+    def _scrub(self, ev: ChangeEvent, res: BatchResult) -> ChangeEvent:
+        """Personal data out before anything else sees the text (nothing unscrubbed is stored)."""
+        if self.scrubber is None or ev.op is not Op.UPSERT or ev.text is None:
+            return ev
+        text, found = self.scrubber.scrub(ev.text)
+        for kind, n in found.items():
+            res.scrubbed[kind] += n
+        return dataclasses.replace(ev, text=text) if found else ev
+
     def _content_hash(self, text: str) -> str:
         prefix = f"{self.scrubber.name}\x00" if self.scrubber is not None else ""
         return self.chunker.content_hash(prefix + text)
@@ -198,10 +203,12 @@ class Processor:
         """Unchanged content: take the stored vectors instead of encoding again."""
         if not items:
             return
-        ids = [chunk_uuid(w.decision.winner.event.doc_id, c.index) for w in items for c in w.chunks]
-        stored = self._retry("fetch vectors", lambda: self.store.fetch_vectors(ids), res)
+        # only chunks written with the current content: a crash can leave chunks of a newer,
+        # never-committed version behind the stored state
+        expect = {chunk_uuid(w.plan.doc_id, c.index): w.plan.content_hash for w in items for c in w.chunks}
+        stored = self._retry("fetch vectors", lambda: self.store.fetch_vectors(list(expect), expect), res)
         for w in items:
-            doc = w.decision.winner.event.doc_id
+            doc = w.plan.doc_id
             vecs = [stored.get(chunk_uuid(doc, c.index)) for c in w.chunks]
             if all(v is not None for v in vecs):
                 w.vectors = np.stack(vecs).astype(np.float32)
@@ -234,7 +241,7 @@ class Processor:
                                     "UPSERT")
                     continue
                 w.vectors, w.norms = v, norms[i - n:i]
-                res.vector_doc_ids.extend([w.decision.winner.event.doc_id] * n)
+                res.vector_doc_ids.extend([w.plan.doc_id] * n)
                 res.vector_records.extend([w.record] * n)
         encoded = [w for g, _, _ in groups for w in g if w.vectors is not None and w.norms is not None]
         if encoded:
@@ -281,24 +288,25 @@ class Processor:
         states: dict[str, DocState] = {}
         by_doc: dict[str, _Work] = {}
         for w in work:
-            ev = w.decision.winner.event
+            ev, plan, last = w.plan.event, w.plan, w.last_record
             by_doc[ev.doc_id] = w
-            if w.decision.action is Action.UPSERT:
+            if plan.action is Action.UPSERT:
                 n = len(w.chunks)
-                content_hash = self._content_hash(ev.text or "")
                 for c, v in zip(w.chunks, w.vectors):
                     chunks.append(ChunkRecord(
-                        doc_id=ev.doc_id, chunk_index=c.index, chunk_count=n, version=w.decision.version,
-                        content_hash=content_hash, fingerprint=self.fingerprint,
+                        doc_id=ev.doc_id, chunk_index=c.index, chunk_count=n, version=plan.version,
+                        content_hash=plan.content_hash, fingerprint=self.fingerprint,
                         event_time_ms=ev.event_time_ms, indexed_time_ms=now, text=c.text, vector=v,
                         metadata=ev.metadata))
                 deletes.append((ev.doc_id, n))
-                states[ev.doc_id] = DocState(ev.doc_id, w.decision.version, content_hash,
-                                             self.fingerprint, n, False, ev.event_time_ms, now)
+                state = DocState(ev.doc_id, plan.version, plan.content_hash, self.fingerprint, n, False,
+                                 ev.event_time_ms, now)
             else:
                 deletes.append((ev.doc_id, 0))
                 et = ev.event_time_ms or w.record.timestamp_ms or now
-                states[ev.doc_id] = DocState(ev.doc_id, w.decision.version, "", self.fingerprint, 0, True, et, now)
+                state = DocState(ev.doc_id, plan.version, "", self.fingerprint, 0, True, et, now)
+            # every record of the document in this batch is reflected in this state
+            states[ev.doc_id] = with_source(state, last.topic, last.partition, last.offset)
 
         if chunks:
             try:
@@ -326,9 +334,9 @@ class Processor:
             self._retry("write states", lambda: self.store.put_states(list(states.values())), res)
         for doc, st in states.items():
             w = by_doc[doc]
-            res.count(_op(w.decision.winner.event), "deleted" if st.deleted else "written")
+            res.count(_op(w.plan.event), "deleted" if st.deleted else "written")
             # tombstones carry no event time: their record's timestamp stands in for it
-            ev = w.decision.winner.event
+            ev = w.plan.event
             res.applied_times.append((ev.event_time_ms or w.record.timestamp_ms, w.record.timestamp_ms))
 
     def _delete_many(self, items: list[tuple[str, int]]) -> int:

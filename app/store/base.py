@@ -87,6 +87,11 @@ class DocState:
     deleted: bool
     event_time_ms: int
     updated_time_ms: int
+    #: the Kafka record this state was last written from (its document's last record in the
+    #: batch): redelivered records at or below it are recognised and skipped
+    source_topic: str = ""
+    source_partition: int = -1
+    source_offset: int = -1
 
 
 @dataclass(frozen=True)
@@ -111,8 +116,10 @@ class VectorStore(Protocol):
     def get_states(self, doc_ids: Iterable[str]) -> dict[str, DocState]:
         """Per-document state for the given ids (missing ids are simply absent)."""
 
-    def fetch_vectors(self, chunk_ids: Iterable[str]) -> dict[str, np.ndarray]:
-        """Stored vectors by chunk object id (missing ids are absent)."""
+    def fetch_vectors(self, chunk_ids: Iterable[str],
+                      content_hashes: Mapping[str, str] | None = None) -> dict[str, np.ndarray]:
+        """Stored vectors by chunk object id (missing ids are absent). With ``content_hashes``
+        (chunk id -> expected content hash), only chunks stored with that hash are returned."""
 
     def upsert_chunks(self, chunks: Sequence[ChunkRecord]) -> None:
         """Insert or replace chunk objects by id. Refuses chunks of another fingerprint."""

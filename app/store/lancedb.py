@@ -37,7 +37,7 @@ import os
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -176,9 +176,13 @@ class LanceDBStore:
             pa.field("deleted", pa.bool_(), nullable=False),
             pa.field("event_time_ms", pa.int64(), nullable=False),
             pa.field("updated_time_ms", pa.int64(), nullable=False),
+            pa.field("source_topic", pa.string(), nullable=False),
+            pa.field("source_partition", pa.int32(), nullable=False),
+            pa.field("source_offset", pa.int64(), nullable=False),
         ]).with_metadata(meta)
         self._chunks = self._open(f"{self.collection}__chunks", self._chunks_schema, create)
         self._docs = self._open(f"{self.collection}__docs", self._docs_schema, create)
+        self._migrate_docs()
         if create and use_alias:
             self._ensure_alias()
 
@@ -234,6 +238,15 @@ class LanceDBStore:
         set_alias(self.path, self.alias_name, target, have, target.rsplit("__", 1)[0])
         log.info("alias %s -> %s", self.alias_name, target)
 
+    def _migrate_docs(self) -> None:
+        """Add the source_* columns to document tables written by earlier versions."""
+        have = set(self._docs.schema.names)
+        missing = {"source_topic": "''", "source_partition": "CAST(-1 AS INT)",
+                   "source_offset": "CAST(-1 AS BIGINT)"}
+        add = {k: v for k, v in missing.items() if k not in have}
+        if add:
+            self._guard("migrate document table", self._docs.add_columns, add)
+
     # -- helpers ----------------------------------------------------------------------
     def _guard(self, what: str, fn, *args):
         """Run a LanceDB call; I/O failures (disk full, unwritable, vanished dir) are transient."""
@@ -262,17 +275,19 @@ class LanceDBStore:
                 out[row["doc_id"]] = DocState(**row)
         return out
 
-    def fetch_vectors(self, chunk_ids: Iterable[str]) -> dict[str, np.ndarray]:
+    def fetch_vectors(self, chunk_ids: Iterable[str],
+                      content_hashes: Mapping[str, str] | None = None) -> dict[str, np.ndarray]:
         ids = list(dict.fromkeys(chunk_ids))
         out: dict[str, np.ndarray] = {}
         for i in range(0, len(ids), 1000):
             part = ids[i:i + 1000]
             tbl = self._guard("read vectors", lambda: self._chunks.search().where(self._in("id", part))
-                              .select(["id", "vector"]).limit(None).to_arrow())
+                              .select(["id", "content_hash", "vector"]).limit(None).to_arrow())
             if tbl.num_rows:
                 vecs = np.asarray(tbl.column("vector").combine_chunks().flatten(), dtype=np.float32).reshape(-1, self.dim)
-                for cid, v in zip(tbl.column("id").to_pylist(), vecs):
-                    out[cid] = v
+                for cid, h, v in zip(tbl.column("id").to_pylist(), tbl.column("content_hash").to_pylist(), vecs):
+                    if content_hashes is None or content_hashes.get(cid) == h:
+                        out[cid] = v
         return out
 
     def search(self, vector: np.ndarray, k: int = 5) -> list[SearchHit]:

@@ -107,6 +107,9 @@ DOC_PROPERTIES = [
     "deleted",
     "event_time_ms",
     "updated_time_ms",
+    "source_topic",
+    "source_partition",
+    "source_offset",
 ]
 _SEARCH_PROPERTIES = ["doc_id", "chunk_index", "text", "version", "metadata_json"]
 
@@ -418,6 +421,9 @@ class WeaviateStore:
             Property(name="deleted", data_type=DataType.BOOL),
             integer("event_time_ms"),
             integer("updated_time_ms"),
+            text("source_topic"),
+            integer("source_partition"),
+            integer("source_offset"),
         ]
         # Document states carry no vector: skip the vector index entirely.
         self._create_if_missing(
@@ -607,6 +613,9 @@ class WeaviateStore:
                     "deleted": bool(state.deleted),
                     "event_time_ms": int(state.event_time_ms),
                     "updated_time_ms": int(state.updated_time_ms),
+                    "source_topic": state.source_topic,
+                    "source_partition": int(state.source_partition),
+                    "source_offset": int(state.source_offset),
                 },
             )
         self._write(self._docs, objects, keys=keys, what="put states")
@@ -810,11 +819,16 @@ class WeaviateStore:
                     deleted=bool(p.get("deleted")),
                     event_time_ms=int(p.get("event_time_ms") or 0),
                     updated_time_ms=int(p.get("updated_time_ms") or 0),
+                    source_topic=p.get("source_topic") or "",
+                    source_partition=int(p["source_partition"]) if p.get("source_partition") is not None else -1,
+                    source_offset=int(p["source_offset"]) if p.get("source_offset") is not None else -1,
                 )
         return out
 
-    def fetch_vectors(self, chunk_ids: Iterable[str]) -> dict[str, np.ndarray]:
-        """Stored vectors by chunk id (ids that are not uuids, or not stored, are absent)."""
+    def fetch_vectors(self, chunk_ids: Iterable[str],
+                      content_hashes: Mapping[str, str] | None = None) -> dict[str, np.ndarray]:
+        """Stored vectors by chunk id (ids that are not uuids, or not stored, are absent); with
+        ``content_hashes``, only chunks stored with the expected content hash."""
         ids: list[str] = []
         for cid in dict.fromkeys(chunk_ids):
             try:
@@ -826,11 +840,15 @@ class WeaviateStore:
             res = self._call(
                 "fetch vectors",
                 lambda: self._chunks.query.fetch_objects_by_ids(
-                    list(page), limit=len(page), return_properties=[], include_vector=[VECTOR_NAME]
+                    list(page), limit=len(page), return_properties=["content_hash"],
+                    include_vector=[VECTOR_NAME]
                 ),
             )
             for obj in res.objects:
                 vec = obj.vector.get(VECTOR_NAME)
+                if content_hashes is not None and \
+                        content_hashes.get(str(obj.uuid)) != obj.properties.get("content_hash"):
+                    continue
                 if vec is not None:
                     out[str(obj.uuid)] = np.asarray(vec, dtype=np.float32)
         return out
