@@ -146,3 +146,28 @@ def consume_all(bootstrap: str, topic: str, expect: int, timeout: float = 30.0):
     finally:
         c.close()
     return out
+
+
+class Crash(BaseException):
+    """kill -9 between two store calls (BaseException: nothing in the pipeline catches it)."""
+
+
+class CrashingStore:
+    """The real store; its ``crash_at``-th write call raises Crash instead of writing."""
+
+    WRITES = ("upsert_chunks", "delete_chunks_many", "delete_chunks", "put_states")
+
+    def __init__(self, store, crash_at: int | None):
+        self.store, self.crash_at, self.writes = store, crash_at, 0
+
+    def __getattr__(self, name):
+        attr = getattr(self.store, name)
+        if name not in self.WRITES:
+            return attr
+
+        def write(*a, **kw):
+            self.writes += 1
+            if self.writes == self.crash_at:
+                raise Crash(name)
+            return attr(*a, **kw)
+        return write

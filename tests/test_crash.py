@@ -25,7 +25,7 @@ from app.deadletter import Record
 from app.events import ChangeEvent, EventCodec, Op
 from app.pipeline import Backoff, Processor
 from app.store.lancedb import LanceDBStore
-from conftest import REPO
+from conftest import Crash, CrashingStore, REPO
 
 if str(REPO) not in sys.path:  # load/ is not an installed package
     sys.path.insert(0, str(REPO))
@@ -52,29 +52,6 @@ LONG = " ".join(f"Line {i} of the harbour log records the tide, the wind and the
 SHORT = "The harbour was quiet today."
 
 
-class Crash(BaseException):
-    """kill -9 (nothing in the pipeline catches a BaseException)."""
-
-
-class CrashAt:
-    """The real store; its ``n``-th write call raises Crash instead of writing."""
-
-    WRITES = ("upsert_chunks", "delete_chunks_many", "delete_chunks", "put_states")
-
-    def __init__(self, store, n: int):
-        self.store, self.n, self.writes = store, n, 0
-
-    def __getattr__(self, name):
-        attr = getattr(self.store, name)
-        if name not in self.WRITES:
-            return attr
-
-        def write(*a, **kw):
-            self.writes += 1
-            if self.writes == self.n:
-                raise Crash(name)
-            return attr(*a, **kw)
-        return write
 
 
 def _records(codec, events):
@@ -96,7 +73,7 @@ def test_crash_at_every_write_step_converges(tmp_path, encoder, step, redelivery
               E("a", 3, LONG)]                                                       # batch 3: a reverts
     recs = _records(codec, events)
     store = LanceDBStore(tmp_path / "lancedb", encoder.fingerprint, encoder.dim)
-    crashing = CrashAt(store, {"upsert_chunks": 4, "delete_chunks_many": 5, "put_states": 6}[step])
+    crashing = CrashingStore(store, {"upsert_chunks": 4, "delete_chunks_many": 5, "put_states": 6}[step])
     proc = Processor(codec, encoder, chunker, crashing, backoff=Backoff(0.01, 0.02))
     proc.process(recs[0:3])                 # writes 1-3, committed up to offset 3
     with pytest.raises(Crash):
