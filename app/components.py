@@ -56,4 +56,5 @@ def build_processor(settings: Settings, encoder=None, store=None):
         scrubber = load_scrubber(settings.scrubber)
     except (ImportError, AttributeError, ValueError) as exc:
         raise ConfigError(f"EMBEDSTREAM_SCRUBBER={settings.scrubber!r}: {exc}") from exc
-    return Processor(build_codec(settings), encoder, chunker, store, cache=cache, scrubber=scrubber)
+    return Processor(build_codec(settings), encoder, chunker, store, cache=cache, scrubber=scrubber,
+                     optimize_every=settings.store_optimize_every)

@@ -64,6 +64,7 @@ class Settings:
     # --- store -------------------------------------------------------------------------
     store: str = _s("lancedb", "Vector store: lancedb (embedded) or weaviate.", choices=("lancedb", "weaviate"))
     data_dir: str = _s("./data", "Directory for LanceDB files, drift state and the embedded broker's log.")
+    store_optimize_every: int = _s(200, "Compact the store (LanceDB optimize) every N batches (0: never).")
     collection_prefix: str = _s("embedstream", "Collection name prefix (Weaviate: the alias users query).")
     weaviate_url: str = _s("http://localhost:8080", "Weaviate REST URL.")
     weaviate_grpc_port: int = _s(50051, "Weaviate gRPC port.")

@@ -112,7 +112,7 @@ class Processor:
     def __init__(self, codec: EventCodec, encoder, chunker: Chunker, store: VectorStore,
                  backoff: Backoff | None = None, should_stop: Callable[[], bool] | None = None,
                  on_retry: Callable[[Exception, float], None] | None = None,
-                 cache: EmbeddingCache | None = None, scrubber=None):
+                 cache: EmbeddingCache | None = None, scrubber=None, optimize_every: int = 200):
         self.codec = codec
         self.encoder = encoder
         self.chunker = chunker
@@ -125,6 +125,8 @@ class Processor:
         self.on_retry = on_retry
         self.cache = cache
         self.scrubber = scrubber
+        self.optimize_every = optimize_every
+        self._batches = 0
         self._stop_event = threading.Event()
 
     # ------------------------------------------------------------------------------
@@ -182,8 +184,22 @@ class Processor:
 
         t2 = time.perf_counter()
         self._write(work, res)
+        self._maybe_optimize()
         res.store_s = time.perf_counter() - t2
         return res
+
+    def _maybe_optimize(self) -> None:
+        """Compact the store every ``optimize_every`` batches (LanceDB: many small versions make
+        each write slower - 52-81 ms per batch with compaction, 1.2 s at 12.5k rows without).
+        Maintenance only: a failure is logged, never retried in the hot path."""
+        self._batches += 1
+        optimize = getattr(self.store, "optimize", None)
+        if optimize is None or not self.optimize_every or self._batches % self.optimize_every:
+            return
+        try:
+            optimize()
+        except Exception as exc:
+            log.warning("store optimize failed (%s); will try again later", exc)
 
     # ------------------------------------------------------------------------------
     def _scrub(self, ev: ChangeEvent, res: BatchResult) -> ChangeEvent:

@@ -232,3 +232,20 @@ def test_embedding_cache_encodes_boilerplate_once(codec, store, encoder):
     fresh = encoder.encode([footer])[0]
     stored = store.fetch_vectors([r["id"] for r in store.chunk_rows("mail-9")])
     assert np.allclose(list(stored.values())[0], fresh, atol=1e-6)
+
+
+def test_store_is_compacted_every_n_batches(codec, store, encoder):
+    calls = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+        def optimize(self):
+            calls.append(1)
+            store.optimize()
+
+    p = Processor(codec, encoder, Chunker(encoder.tokenizer), Counting(), optimize_every=3)
+    for i in range(7):
+        p.process([rec(codec, f"d{i}", 1, f"text {i}")])
+    assert len(calls) == 2 and store.count_documents() == 7

@@ -109,3 +109,21 @@ def test_worker_needs_bootstrap_servers(tmp_path):
     out = subprocess.run([sys.executable, "-m", "app", "worker"], cwd=REPO, capture_output=True, text=True,
                          timeout=60, env={"PATH": "/usr/bin:/bin", "EMBEDSTREAM_DATA_DIR": str(tmp_path)})
     assert out.returncode == 2 and "EMBEDSTREAM_BOOTSTRAP_SERVERS" in out.stderr
+
+
+def test_worker_reads_compressed_batches(settings, worker_factory, encoder):
+    """Producers may compress (lz4, snappy, zstd, gzip): the worker must decode every codec."""
+    from confluent_kafka import Producer
+
+    codec = EventCodec()
+    worker_factory(settings)
+    codecs = ("lz4", "snappy", "zstd", "gzip")
+    for name in codecs:
+        p = Producer({"bootstrap.servers": settings.bootstrap_servers, "compression.type": name, "linger.ms": 20})
+        for i in range(3):
+            doc = f"{name}-{i}"
+            p.produce(settings.changes_topic, key=doc.encode(),
+                      value=codec.encode(ChangeEvent(doc, Op.UPSERT, 1, 1_700_000_000_000, f"compressed with {name}")))
+        assert p.flush(10) == 0
+    store = open_store(settings, encoder)
+    wait_for(lambda: store.count_documents() == 3 * len(codecs), 90, what="all compressed events indexed")
