@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import logging
@@ -146,9 +147,14 @@ class Encoder:
         self.sep_id = tok.token_to_id("[SEP]")
         self.pad_id = tok.token_to_id("[PAD]")
 
+        self.threads = threads or (os.cpu_count() or 1)
+        # int8 on CPU: rows run one per call, so parallelise across rows (one single-threaded
+        # session shared by `threads` Python threads; session.run is thread-safe and releases
+        # the GIL) rather than inside one small call: 27 vs 33 CPU ms per document, measured
+        row_parallel = self.max_rows == 1 and not use_cuda and self.threads > 1
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        so.intra_op_num_threads = 1 if row_parallel else self.threads
         so.inter_op_num_threads = 1
         so.enable_cpu_mem_arena = cpu_arena
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
@@ -158,6 +164,8 @@ class Encoder:
         self.provider = self.session.get_providers()[0]
         self._input_names = {i.name for i in self.session.get_inputs()}
         self._lock = threading.Lock() if self.provider == "CUDAExecutionProvider" else None
+        self._pool = (concurrent.futures.ThreadPoolExecutor(self.threads, thread_name_prefix="ort-row")
+                      if row_parallel else None)
         log.info("encoder loaded: %s on %s", self.fingerprint, self.provider)
 
     @classmethod
@@ -192,6 +200,15 @@ class Encoder:
         limit = self.max_length - 2
         seqs = [[self.cls_id, *ids[:limit], self.sep_id] for ids in token_ids]
         order = sorted(range(n), key=lambda i: len(seqs[i]))
+        if self._pool is not None and n > 1:
+            # length-sorted rows dealt round-robin, so every thread gets a similar amount of work
+            def run_rows(rows):
+                for i in rows:
+                    out[i], norms[i] = (a[0] for a in self._run([seqs[i]]))
+            lanes = [order[k::self.threads] for k in range(self.threads)]
+            for f in [self._pool.submit(run_rows, lane) for lane in lanes if lane]:
+                f.result()
+            return out, norms
         start = 0
         while start < n:
             # grow the micro-batch while (rows x longest) stays under the token budget
