@@ -68,7 +68,8 @@ def test_health_endpoints():
 def test_worker_metrics_move_with_the_stream(settings, worker_factory, producer):
     port = free_port()
     settings = settings.replace(metrics_port=port)
-    worker = worker_factory(settings)
+    worker = worker_factory(settings, EMBEDSTREAM_WEAVIATE_API_KEY="wv-secret-in-env",
+                            EMBEDSTREAM_SASL_PASSWORD="sasl-secret-in-env")
     # readiness: 503 while loading, 200 once broker, topics, store and model are ready
     seen = []
 
@@ -109,7 +110,10 @@ def test_worker_metrics_move_with_the_stream(settings, worker_factory, producer)
     assert lag and all(v == 0 for v in lag.values())
     info = [k for k in m if k.startswith("embedstream_info")][0]
     assert re.search(r'fingerprint="all-MiniLM-L6-v2:int8:', info) and 'provider="CPUExecutionProvider"' in info
+    raw = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert "secret-in-env" not in raw  # secrets never reach metrics
     assert worker.stop() == 0
+    assert "secret-in-env" not in worker.log()  # nor logs
 
 
 def test_worker_json_logs_one_line_per_batch_without_secrets(settings, worker_factory, producer):
