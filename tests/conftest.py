@@ -171,3 +171,15 @@ class CrashingStore:
                 raise Crash(name)
             return attr(*a, **kw)
         return write
+
+
+def committed_total(settings: Settings, partitions: int = 8) -> int:
+    """Sum of the worker group's committed offsets on the changes topic."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": settings.app_id})
+    try:
+        tps = c.committed([TopicPartition(settings.changes_topic, p) for p in range(partitions)], timeout=10)
+        return sum(max(tp.offset, 0) for tp in tps)
+    finally:
+        c.close()

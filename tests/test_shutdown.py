@@ -2,20 +2,10 @@
 import signal
 import time
 
-from confluent_kafka import Consumer, TopicPartition
 
 from app.events import ChangeEvent, EventCodec, Op
 from app.store.lancedb import LanceDBStore
-from conftest import wait_for
-
-
-def committed_total(settings) -> int:
-    c = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": settings.app_id})
-    try:
-        tps = c.committed([TopicPartition(settings.changes_topic, p) for p in range(8)], timeout=10)
-        return sum(max(tp.offset, 0) for tp in tps)
-    finally:
-        c.close()
+from conftest import committed_total, wait_for
 
 
 def test_sigterm_mid_stream_commits_what_it_wrote_and_loses_nothing(settings, worker_factory, producer, encoder):

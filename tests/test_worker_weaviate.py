@@ -11,11 +11,10 @@ import sys
 import time
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from app.events import ChangeEvent, EventCodec, Op
 from app.store.weaviate import WeaviateStore
-from conftest import REPO, settings_env, wait_for
+from conftest import committed_total, REPO, settings_env, wait_for
 from weaviate_server import WeaviateTestServer
 
 
@@ -23,15 +22,6 @@ from weaviate_server import WeaviateTestServer
 def weaviate():
     with WeaviateTestServer() as server:
         yield server
-
-
-def committed(settings) -> int:
-    c = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": settings.app_id})
-    try:
-        tps = c.committed([TopicPartition(settings.changes_topic, p) for p in range(8)], timeout=10)
-        return sum(max(tp.offset, 0) for tp in tps)
-    finally:
-        c.close()
 
 
 def test_worker_on_weaviate_with_outage(settings, worker_factory, producer, encoder, weaviate):
@@ -67,7 +57,7 @@ def test_worker_on_weaviate_with_outage(settings, worker_factory, producer, enco
     assert json.loads(out.stdout)[0]["doc_id"] == "doc-1-extra"
 
     # outage: nothing committed past the failure, nothing lost after recovery
-    wait_for(lambda: committed(settings) == 4, 30, what="offsets of the first 4 events committed")
+    wait_for(lambda: committed_total(settings) == 4, 30, what="offsets of the first 4 events committed")
     weaviate.down()
     send("doc-3", 1, "Written during the outage.")
     send("doc-2", 2, "Shrunk during the outage.")
@@ -76,10 +66,10 @@ def test_worker_on_weaviate_with_outage(settings, worker_factory, producer, enco
     # either way the worker is blocked on the store and commits nothing
     wait_for(lambda: "retrying" in worker.log().lower(), 60, what="the worker to retry")
     time.sleep(3)
-    assert committed(settings) == 4, "offsets advanced while the store was down"
+    assert committed_total(settings) == 4, "offsets advanced while the store was down"
     assert worker.alive()
     weaviate.up()
-    wait_for(lambda: committed(settings) == 6, 120, what="offsets committed after recovery")
+    wait_for(lambda: committed_total(settings) == 6, 120, what="offsets committed after recovery")
     store2 = _open(weaviate, encoder)
     assert store2.count_documents() == 3
     assert store2.get_states(["doc-2"])["doc-2"].version == 2 and store2.count() == 3  # no orphan chunks
