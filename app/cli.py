@@ -363,7 +363,7 @@ def cmd_demo(args) -> int:
     data.mkdir(parents=True)
     corpus = Path(args.corpus)
     docs = [json.loads(x) for x in corpus.read_text(encoding="utf-8").splitlines() if x.strip()]
-    print(f"1/5 starting the embedded Kafka broker (Tansu) ...", flush=True)
+    print("1/5 starting the embedded Kafka broker (Tansu) ...", flush=True)
     with EmbeddedBroker(log_path=data / "broker.log") as broker:
         s = s.replace(bootstrap_servers=broker.bootstrap)
         create_topics(s, replication_factor=1, echo=lambda m: print("    " + m))

@@ -158,8 +158,9 @@ class Processor:
             if not fresh:
                 continue
             plan = fold(doc_id, fresh, stored, lambda e: self._content_hash(e.text or ""))
+            event_at = dict(fresh)
             for pos, action in plan.outcomes:
-                ev = dict(fresh)[pos]
+                ev = event_at[pos]
                 if action is Action.CONFLICT:
                     res.dead_letter(DeadLetter(records[pos], "version-conflict",
                                                f"version {ev.version} is already stored with other content",

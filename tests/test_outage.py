@@ -8,6 +8,7 @@ adapter reports as TransientStoreError; moving the directory back ends the outag
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -93,6 +94,19 @@ def assert_store_matches(store, stream, encoder):
     assert store.count() == total
 
 
+@contextlib.contextmanager
+def lancedb_outage(lance_dir: Path):
+    """The store fails while inside: the LanceDB directory is moved aside and a file put in its place."""
+    aside = lance_dir.with_name("lancedb.aside")
+    os.rename(lance_dir, aside)
+    lance_dir.write_text("store outage (test_outage.py)\n")
+    try:
+        yield
+    finally:
+        lance_dir.unlink()
+        os.rename(aside, lance_dir)
+
+
 def words(i: int, n: int = 12) -> str:
     vocab = ["tide", "harbour", "lantern", "gull", "rope", "anchor", "sail", "keel", "mast", "buoy", "pier", "net"]
     return " ".join(vocab[(i * 7 + j) % len(vocab)] for j in range(n)) + f" {i}"
@@ -113,13 +127,10 @@ def test_store_outage_is_retried_without_committing_and_nothing_is_lost(settings
     assert "retrying" not in worker.log()
 
     # 2. the outage: a file where the LanceDB directory was
-    aside = lance_dir.with_name("lancedb.aside")
-    os.rename(lance_dir, aside)
-    lance_dir.write_text("store outage (test_outage.py)\n")
-    with pytest.raises(TransientStoreError):  # it really fails
-        store.count()
-    t_outage = time.monotonic()
-    try:
+    with lancedb_outage(lance_dir):
+        with pytest.raises(TransientStoreError):  # it really fails
+            store.count()
+        t_outage = time.monotonic()
         for i in range(10, 25):
             stream.upsert(f"out-{i}", 1, words(i))
         stream.upsert("pre-2", 2, words(102, 40))    # update
@@ -135,10 +146,7 @@ def test_store_outage_is_retried_without_committing_and_nothing_is_lost(settings
             assert committed(settings, ends_before) == ends_before, "offsets advanced during the store outage"
             time.sleep(2)
         assert "store" in worker.log() and worker.log().count("retrying") >= 3
-    finally:
-        # 3. the store comes back
-        lance_dir.unlink()
-        os.rename(aside, lance_dir)
+    # 3. the store is back
 
     t_back = time.monotonic()
     wait_for(lambda: committed(settings, ends_during) == ends_during, 90,
@@ -167,10 +175,7 @@ def test_sigterm_during_a_store_outage_stops_the_worker_without_committing(setti
     wait_for(lambda: store.count_documents() == 4, 90, what="4 documents before the outage")
     wait_for(lambda: committed(settings, ends_before) == ends_before, 30, what="offsets committed before the outage")
 
-    aside = lance_dir.with_name("lancedb.aside")
-    os.rename(lance_dir, aside)
-    lance_dir.write_text("store outage (test_outage.py)\n")
-    try:
+    with lancedb_outage(lance_dir):
         for i in range(4, 8):
             stream.upsert(f"out-{i}", 1, words(i))
         stream.flush()
@@ -182,6 +187,3 @@ def test_sigterm_during_a_store_outage_stops_the_worker_without_committing(setti
         assert rc != -signal.SIGKILL, (
             f"the worker did not stop within {SHUTDOWN_GRACE_S + 15:.0f}s of SIGTERM during a store outage (killed "
             f"after {took:.0f}s); it kept retrying:\n" + "\n".join(worker.log().splitlines()[-6:]))
-    finally:
-        lance_dir.unlink()
-        os.rename(aside, lance_dir)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from app.events import ChangeEvent, EventCodec, Op
