@@ -2,7 +2,7 @@
 
 Acking: ``stream.take()`` acks each buffered event as soon as the next one is read,
 i.e. before the batch is processed - a crash mid-batch would then commit offsets of
-events that never reached the store. We use ``stream.noack_take()`` and ack every
+events that never reached the store. We take batches without acking (``take_batches``) and ack every
 event of a batch only after the store acknowledged its writes and its dead letters
 (if any) were acknowledged by Kafka. Faust commits acked offsets periodically and on
 rebalance/shutdown, so a crash re-delivers at most the unacked batches (at least once;
@@ -18,6 +18,7 @@ import threading
 import time
 
 import faust
+from faust.transport.drivers import aiokafka as _aiokafka_driver
 
 from app.config import Settings
 from app.deadletter import Record
@@ -44,9 +45,106 @@ def to_record(event) -> Record:
                   headers=_headers(m), timestamp_ms=int((m.timestamp or 0) * 1000))
 
 
+def _transport_with_fetch_wait(fetch_max_wait_ms: int) -> type:
+    """Faust's aiokafka transport, with the worker consumer's ``fetch_max_wait_ms`` configurable.
+
+    Faust builds its consumer with a fixed ``fetch_max_wait_ms=1500``. On Kafka that is only how
+    long an idle fetch waits (a fetch returns as soon as data arrives); brokers that do hold a
+    fetch for the whole wait (the embedded Tansu) add up to that much latency to every event.
+    """
+
+    class ConsumerThread(_aiokafka_driver.AIOKafkaConsumerThread):
+        def _create_worker_consumer(self, transport):
+            consumer = super()._create_worker_consumer(transport)
+            # AIOKafkaConsumer.start() hands this to its Fetcher (checked in tests/test_agents.py)
+            consumer._fetch_max_wait_ms = fetch_max_wait_ms
+            return consumer
+
+    class Consumer(_aiokafka_driver.Consumer):
+        def _new_consumer_thread(self):
+            return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    class Transport(_aiokafka_driver.Transport):
+        pass
+
+    Transport.Consumer = Consumer
+    return Transport
+
+
+class _App(faust.App):
+    def __init__(self, *args, fetch_max_wait_ms: int = 1500, **kwargs):
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+        super().__init__(*args, **kwargs)
+
+    def _new_transport(self):
+        transport = super()._new_transport()
+        if type(transport) is _aiokafka_driver.Transport:
+            transport = _transport_with_fetch_wait(self.fetch_max_wait_ms)(self.conf.broker_consumer, self)
+        return transport
+
+
+async def take_batches(stream, max_events: int, linger_s: float, on_idle=None):
+    """Micro-batches of a Faust stream, unacked (the caller acks after the store acknowledged).
+
+    Unlike ``stream.noack_take(max, within)`` - which after every batch waits ``within`` seconds
+    again unless ``max`` events are buffered - this batches naturally: events that arrived while
+    the previous batch was being processed are taken at once (so batches grow with the load and
+    the encoder never idles on a timer), and on an idle worker the first event is followed by at
+    most ``linger_s`` of waiting for more. At most ``max_events`` per batch. ``on_idle`` (async)
+    runs whenever nothing is buffered, before waiting for the next event.
+    """
+    buffer: list = []
+    arrived = asyncio.Event()
+    full = asyncio.Event()
+    drained = asyncio.Event()
+
+    async def add_to_buffer(value):
+        try:
+            event = stream.current_event
+            if event is None:
+                raise RuntimeError("take_batches: stream has no current event")
+            buffer.append(event)
+            arrived.set()
+            if len(buffer) >= max_events:
+                full.set()
+                drained.clear()
+                await stream.wait(drained)  # back-pressure: the stream stops reading until we take them
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            stream.log.exception("Error adding to the batch buffer: %r", exc)
+            await stream.crash(exc)
+        return value
+
+    enable_acks = stream.enable_acks
+    stream.enable_acks = False  # acks are manual (after the store acknowledged)
+    stream.add_processor(add_to_buffer)
+    stream._enable_passive(aiter(stream.channel))
+    try:
+        while not stream.should_stop:
+            if not buffer and on_idle is not None:
+                await on_idle()
+            if not buffer:  # idle: wait for an event, then linger briefly for company
+                await stream.wait_for_stopped(arrived)
+                if linger_s > 0 and len(buffer) < max_events and not stream.should_stop:
+                    await stream.wait_for_stopped(full, timeout=linger_s)
+            if not buffer:
+                continue
+            batch = buffer[:max_events]
+            del buffer[:len(batch)]
+            if not buffer:
+                arrived.clear()
+            full.clear()
+            drained.set()
+            yield batch
+    finally:
+        stream.enable_acks = enable_acks
+        stream._processors.remove(add_to_buffer)
+
+
 def create_app(settings: Settings, processor, metrics=None, on_batch=None, drift=None) -> faust.App:
     """Build the Faust app around a ready Processor (model loaded, store open)."""
-    app = faust.App(
+    app = _App(
         settings.app_id,
         broker=_broker_url(settings.bootstrap_servers),
         broker_credentials=_credentials(settings),
@@ -59,40 +157,46 @@ def create_app(settings: Settings, processor, metrics=None, on_batch=None, drift
         topic_disable_leader=True,   # no internal leader topic: nothing to pre-create but ours
         web_enabled=False,
         broker_commit_interval=1.0,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
     )
     changes = app.topic(settings.changes_topic, key_type=bytes, value_type=bytes, allow_empty=True)
     dlq = app.topic(settings.dlq_topic, key_type=bytes, value_type=bytes)
     alerts_topic = app.topic(settings.alerts_topic, key_type=bytes, value_type=bytes)
-    executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="embed")
+    # two stages, one thread each: while batch N is written (and fed to the drift monitor),
+    # batch N+1 is decoded, planned and encoded - the encoder does not wait for the store
+    encode_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="embed")
+    store_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store")
 
     @app.agent(changes, name="embed")
     async def embed(stream):
         loop = asyncio.get_running_loop()
-        async for events in stream.noack_take(settings.batch_max_events, within=settings.batch_max_wait_s):
-            records = [to_record(e) for e in events]
-            t0 = time.perf_counter()
-            fut = loop.run_in_executor(executor, _step, processor, drift, records)
+        in_flight: list[_InFlight] = []  # at most one batch being written
+
+        async def settle() -> None:
+            """Wait for the batch being written, then publish its alerts and dead letters and ack it."""
+            if not in_flight:
+                return
+            batch = in_flight.pop()
             try:
-                result, alerts = await asyncio.shield(fut)
+                result, alerts = await asyncio.shield(batch.commit)
             except asyncio.CancelledError:
-                # shutting down: let the in-flight batch finish (bounded), ack it, then stop
+                # shutting down: let the write finish (bounded), ack it, then stop
                 try:
-                    result, alerts = await asyncio.wait_for(asyncio.shield(fut), SHUTDOWN_GRACE_S)
+                    result, alerts = await asyncio.wait_for(asyncio.shield(batch.commit), SHUTDOWN_GRACE_S)
                 except (asyncio.TimeoutError, Interrupted):
                     processor.stop()
                     raise
-                await _publish_alerts(alerts_topic, alerts, metrics)
-                await _finish(stream, dlq, events, result, settings)
+                await _complete(batch, result, alerts)
                 raise
-            except Interrupted:
-                log.warning("batch interrupted before the store acknowledged it; not committing")
-                return
+            await _complete(batch, result, alerts)
+
+        async def _complete(batch: _InFlight, result, alerts) -> None:
             await _publish_alerts(alerts_topic, alerts, metrics)
-            await _finish(stream, dlq, events, result, settings)
-            elapsed = time.perf_counter() - t0
+            await _finish(stream, dlq, batch.events, result, settings)
+            elapsed = time.perf_counter() - batch.t0
             if metrics is not None:
                 metrics.observe_batch(result, elapsed, int(time.time() * 1000))
-                _update_lag(app, metrics, events)
+                _update_lag(app, metrics, batch.events)
                 if drift is not None:
                     metrics.drift_warming_up.set(1 if drift.monitor.warming_up else 0)
                     metrics.drift_observed.set(drift.monitor.n_seen)
@@ -105,12 +209,35 @@ def create_app(settings: Settings, processor, metrics=None, on_batch=None, drift
             if on_batch is not None:
                 await on_batch(result)
 
+        try:
+            async for events in take_batches(stream, settings.batch_max_events, settings.batch_max_wait_s,
+                                             on_idle=settle):
+                t0 = time.perf_counter()
+                records = [to_record(e) for e in events]
+                prepare = loop.run_in_executor(encode_pool, processor.prepare, records)
+                await settle()  # batch N's write, while batch N+1 is prepared
+                # a prepared batch holds no writes: if we stop now it is simply redelivered
+                prepared = await asyncio.shield(prepare)
+                commit = loop.run_in_executor(store_pool, _commit, processor, drift, prepared)
+                in_flight.append(_InFlight(events, commit, t0))
+            await settle()
+        except Interrupted:
+            log.warning("batch interrupted before the store acknowledged it; not committing")
+            return
+
     return app
 
 
-def _step(processor, drift, records):
-    """Executor thread: process the batch, then feed its vectors to the drift monitor."""
-    result = processor.process(records)
+class _InFlight:
+    __slots__ = ("events", "commit", "t0")
+
+    def __init__(self, events, commit, t0: float):
+        self.events, self.commit, self.t0 = events, commit, t0
+
+
+def _commit(processor, drift, prepared):
+    """Store thread: write the batch, then feed its vectors to the drift monitor."""
+    result = processor.commit(prepared)
     alerts = drift.observe(result) if drift is not None else []
     return result, alerts
 

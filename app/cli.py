@@ -125,7 +125,7 @@ def cmd_worker(args) -> int:
     t = time.perf_counter()
     encoder = build_encoder(s)
     health.set("model", True, f"{encoder.fingerprint} on {encoder.provider}")
-    store = open_store(s, encoder.fingerprint, encoder.dim)
+    store = open_store(s, encoder.fingerprint, encoder.dim, sole_writer=True)
     health.set("store", True, repr(store))
     processor = build_processor(s, encoder, store)
     metrics.info.info({"fingerprint": encoder.fingerprint, "provider": encoder.provider,

@@ -13,13 +13,16 @@ def build_encoder(settings: Settings):
                         threads=settings.encoder_threads or None, max_batch_tokens=settings.max_batch_tokens)
 
 
-def open_store(settings: Settings, fingerprint: str, dim: int, create: bool = True):
-    """The configured VectorStore for one fingerprint."""
+def open_store(settings: Settings, fingerprint: str, dim: int, create: bool = True, sole_writer: bool = False):
+    """The configured VectorStore for one fingerprint. ``sole_writer``: this process is the only
+    one writing the collection (the worker: LanceDB takes one writer per table), so its reads
+    need not look for other processes' commits."""
     if settings.store == "lancedb":
         from app.store.lancedb import LanceDBStore
 
         return LanceDBStore(Path(settings.data_dir) / "lancedb", fingerprint=fingerprint, dim=dim,
-                            collection_prefix=settings.collection_prefix, create=create)
+                            collection_prefix=settings.collection_prefix, create=create,
+                            sole_writer=sole_writer)
     if settings.store == "weaviate":
         from app.store.weaviate import WeaviateStore
 

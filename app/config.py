@@ -44,7 +44,12 @@ class Settings:
     ssl_cafile: str = _s("", "CA bundle for SSL connections to Kafka.")
     # --- batching ----------------------------------------------------------------------
     batch_max_events: int = _s(256, "Largest micro-batch (events).")
-    batch_max_wait_s: float = _s(0.5, "Longest wait to fill a micro-batch (seconds).")
+    batch_max_wait_s: float = _s(0.01, "After a batch's first event arrives on an idle worker, how long to wait "
+                                       "for more (seconds). Events that queued up while the previous batch "
+                                       "was processed are taken at once, so batches grow with the load.")
+    fetch_max_wait_ms: int = _s(100, "Longest time the broker may hold a consumer fetch when no data is ready "
+                                     "(Kafka fetch.max.wait.ms). Kafka answers as soon as data arrives; "
+                                     "the embedded broker waits this long, so it bounds its latency.")
     # --- encoder -----------------------------------------------------------------------
     model_variant: str = _s("", "Model variant: int8 or fp32. Empty: int8 on CPU, fp32 on GPU.",
                             choices=("", "int8", "fp32"))
@@ -64,7 +69,7 @@ class Settings:
     # --- store -------------------------------------------------------------------------
     store: str = _s("lancedb", "Vector store: lancedb (embedded) or weaviate.", choices=("lancedb", "weaviate"))
     data_dir: str = _s("./data", "Directory for LanceDB files, drift state and the embedded broker's log.")
-    store_optimize_every: int = _s(200, "Compact the store (LanceDB optimize) every N batches (0: never).")
+    store_optimize_every: int = _s(50, "Compact the store (LanceDB optimize) every N batches (0: never).")
     collection_prefix: str = _s("embedstream", "Collection name prefix (Weaviate: the alias users query).")
     weaviate_url: str = _s("http://localhost:8080", "Weaviate REST URL.")
     weaviate_grpc_port: int = _s(50051, "Weaviate gRPC port.")
@@ -139,8 +144,11 @@ class Settings:
             errors.append(f"{PREFIX}CHUNK_TOKENS={self.chunk_tokens}: must be 8..256 (the model's max length)")
         if not 0 <= self.chunk_overlap < self.chunk_tokens - 2:
             errors.append(f"{PREFIX}CHUNK_OVERLAP={self.chunk_overlap}: must be 0..CHUNK_TOKENS-3")
-        if self.batch_max_events < 1 or self.batch_max_wait_s <= 0:
-            errors.append("batch_max_events must be >= 1 and batch_max_wait_s > 0")
+        if self.batch_max_events < 1 or self.batch_max_wait_s < 0:
+            errors.append(f"{PREFIX}BATCH_MAX_EVENTS={self.batch_max_events}, {PREFIX}BATCH_MAX_WAIT_S="
+                          f"{self.batch_max_wait_s}: need >= 1 event and a wait >= 0 s")
+        if not 1 <= self.fetch_max_wait_ms <= 60_000:
+            errors.append(f"{PREFIX}FETCH_MAX_WAIT_MS={self.fetch_max_wait_ms}: must be 1..60000")
         if self.session_timeout_s < 6:
             errors.append(f"{PREFIX}SESSION_TIMEOUT_S={self.session_timeout_s}: Kafka rejects < 6 s by default")
         if self.heartbeat_interval_s * 3 > self.session_timeout_s:

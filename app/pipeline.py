@@ -18,6 +18,7 @@ redelivery converges to the same state):
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import random
@@ -106,6 +107,13 @@ class _Work:
     norms: np.ndarray | None = None
 
 
+@dataclass
+class Prepared:
+    """A batch planned and encoded by :meth:`Processor.prepare`, ready for :meth:`Processor.commit`."""
+    result: BatchResult
+    work: list[_Work]
+
+
 class Processor:
     """Decode → coalesce → plan → chunk → encode → store, for one micro-batch."""
 
@@ -128,9 +136,27 @@ class Processor:
         self.optimize_every = optimize_every
         self._batches = 0
         self._stop_event = threading.Event()
+        # prepare (reads) and commit (writes) may run in two threads; stores that are not known to
+        # take concurrent calls get them one at a time
+        self._store_lock = (contextlib.nullcontext() if getattr(store, "concurrent_calls", False)
+                            else threading.Lock())
+        #: documents of prepared batches not yet committed (see prepare)
+        self._writing: set[str] = set()
+        self._writing_cond = threading.Condition()
 
     # ------------------------------------------------------------------------------
     def process(self, records: Sequence[Record]) -> BatchResult:
+        """Process one batch completely: ``commit(prepare(records))``."""
+        return self.commit(self.prepare(records))
+
+    def prepare(self, records: Sequence[Record]) -> Prepared:
+        """Decode, read the documents' states, plan, chunk and encode - everything but the writes.
+
+        A caller may prepare batch N+1 (in another thread) while batch N is being committed: the
+        encoder then never waits for the store. If batch N+1 has a document that batch N is still
+        writing, this waits until N's commit is over, so N+1 always plans against the state N left.
+        Every prepared batch must be committed or :meth:`abandon`-ed.
+        """
         res = BatchResult(records=len(records))
         t0 = time.perf_counter()
         decoded: list[tuple[int, ChangeEvent]] = []
@@ -144,6 +170,7 @@ class Processor:
             by_doc.setdefault(ev.doc_id, []).append((pos, ev))
         res.decode_s = time.perf_counter() - t0
 
+        self._wait_until_written(by_doc)
         states = self._retry("read states", lambda: self.store.get_states(list(by_doc)), res)
         work: list[_Work] = []
         for doc_id, events in by_doc.items():
@@ -183,11 +210,34 @@ class Processor:
             failed = {id(w) for w in upserts if w.vectors is None}
             work = [w for w in work if id(w) not in failed]
 
-        t2 = time.perf_counter()
-        self._write(work, res)
-        self._maybe_optimize()
-        res.store_s = time.perf_counter() - t2
-        return res
+        prepared = Prepared(res, work)
+        with self._writing_cond:
+            self._writing.update(w.plan.doc_id for w in work)
+        return prepared
+
+    def commit(self, prepared: Prepared) -> BatchResult:
+        """Write a prepared batch; returns when the store acknowledged every write and delete."""
+        try:
+            t2 = time.perf_counter()
+            self._write(prepared.work, prepared.result)
+            self._maybe_optimize()
+            prepared.result.store_s = time.perf_counter() - t2
+            return prepared.result
+        finally:
+            self.abandon(prepared)
+
+    def abandon(self, prepared: Prepared) -> None:
+        """Forget a prepared batch that will not be committed (e.g. shutting down)."""
+        with self._writing_cond:
+            self._writing.difference_update(w.plan.doc_id for w in prepared.work)
+            self._writing_cond.notify_all()
+
+    def _wait_until_written(self, doc_ids) -> None:
+        with self._writing_cond:
+            while not self._writing.isdisjoint(doc_ids):
+                if self.should_stop() or self._stop_event.is_set():
+                    raise Interrupted("stopped while waiting for the previous batch's writes")
+                self._writing_cond.wait(0.5)
 
     def _maybe_optimize(self) -> None:
         """Compact the store every ``optimize_every`` batches (LanceDB: many small versions make
@@ -198,7 +248,8 @@ class Processor:
         if optimize is None or not self.optimize_every or self._batches % self.optimize_every:
             return
         try:
-            optimize()
+            with self._store_lock:
+                optimize()
         except Exception as exc:
             log.warning("store optimize failed (%s); will try again later", exc)
 
@@ -325,9 +376,16 @@ class Processor:
             # every record of the document in this batch is reflected in this state
             states[ev.doc_id] = with_source(state, last.topic, last.partition, last.offset)
 
+        deletes_done = False
         if chunks:
+            # stores that can (LanceDB) upsert and delete the leftover chunks in one version
+            combined = getattr(self.store, "write_chunks", None)
             try:
-                self._retry("upsert", lambda: self.store.upsert_chunks(chunks), res)
+                if combined is not None:
+                    self._retry("upsert", lambda: combined(chunks, deletes), res)
+                    deletes_done = True
+                else:
+                    self._retry("upsert", lambda: self.store.upsert_chunks(chunks), res)
             except PermanentStoreError as exc:
                 if not exc.object_errors:
                     raise
@@ -345,7 +403,7 @@ class Processor:
                     deletes = [d for d in deletes if d[0] != doc]
                 chunks = [c for c in chunks if c.doc_id not in bad_docs]
         res.chunks_written = len(chunks)
-        if deletes:
+        if deletes and not deletes_done:
             self._retry("delete", lambda: self._delete_many(deletes), res)
         if states:
             self._retry("write states", lambda: self.store.put_states(list(states.values())), res)
@@ -369,7 +427,8 @@ class Processor:
             if self.should_stop() or self._stop_event.is_set():
                 raise Interrupted(f"stopped while the store was retrying: {what}")
             try:
-                return fn()
+                with self._store_lock:
+                    return fn()
             except TransientStoreError as exc:
                 delay = next(delays)
                 res.store_retries += 1

@@ -85,10 +85,10 @@ class BenchConfig:
     worker_env: dict[str, str] = field(default_factory=dict)  # extra EMBEDSTREAM_* for the worker
     timeout_s: float = 600.0             # per waiting phase
     bootstrap_servers: str = ""          # use this Kafka instead of starting an embedded broker
-    profile: str | None = None           # py-spy raw profile of the worker's saturation phase -> file
+    profile: str | None = None           # py-spy raw profile of the worker -> file
+    profile_phase: str = "saturation"    # ... during this phase: saturation or latency
     #: EXPERIMENT (not an app setting): run the worker with Faust's hard-coded consumer
     #: fetch_max_wait_ms (1500) replaced by this value, to quantify the recommended change
-    worker_fetch_max_wait_ms: int | None = None
     keep_dir: bool = False
     quick: bool = False
 
@@ -208,23 +208,6 @@ class Sampler:
         return {"wall_s": round(wall, 3), "worker_cpu_s": round(worker, 3),
                 "worker_cpu_cores": round(worker / wall, 2),
                 "other_cpu_cores": round(max(0.0, busy - worker) / wall, 2)}
-
-
-# Worker launcher for the fetch-wait experiment: Faust builds its aiokafka consumer with
-# fetch_max_wait_ms=1500 (hard-coded). Tansu answers a Fetch only when that wait expires even
-# if records arrive meanwhile, so every event can sit up to that long in the broker.
-_WORKER_FETCH_PATCH = r"""
-import sys
-from faust.transport.drivers import aiokafka as _drv
-_orig = _drv.AIOKafkaConsumerThread._create_worker_consumer
-def _create_worker_consumer(self, transport):
-    consumer = _orig(self, transport)
-    consumer._fetch_max_wait_ms = int(sys.argv[1])  # read by AIOKafkaConsumer.start() -> Fetcher
-    return consumer
-_drv.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
-from app.cli import main
-sys.exit(main(["worker"]))
-"""
 
 
 # ----------------------------------------------------------------------------------------
@@ -644,9 +627,6 @@ class Bench:
         self.worker_log_path = workdir / "worker.log"
         t_spawn = time.time()
         cmd = [sys.executable, "-m", "app", "worker"]
-        if cfg.worker_fetch_max_wait_ms is not None:
-            cmd = [sys.executable, "-c", _WORKER_FETCH_PATCH, str(cfg.worker_fetch_max_wait_ms)]
-            say(f"[bench] EXPERIMENT: worker consumer fetch_max_wait_ms={cfg.worker_fetch_max_wait_ms} (Faust: 1500)")
         self.worker = subprocess.Popen(cmd, cwd=REPO, env=self._worker_env(s),
                                        stdout=open(self.worker_log_path, "ab"), stderr=subprocess.STDOUT)
         sampler = Sampler(lambda: self.worker.pid if self.worker and self.worker.poll() is None else None).start()
@@ -658,7 +638,7 @@ class Bench:
                     raise BenchError("worker exited at start:\n" + self._worker_log()[-3000:])
                 store = self._open_store(s, encoder)
                 time.sleep(0.2)
-            spy = self._start_profile(workdir) if cfg.profile else None
+            spy = self._start_profile(workdir) if cfg.profile and cfg.profile_phase == "saturation" else None
             store = self._wait_indexed(s, encoder, len(texts), cfg.timeout_s, "the saturation phase", store)
             if spy is not None:
                 R["profile"] = self._stop_profile(spy, workdir)
@@ -680,11 +660,12 @@ class Bench:
                         encode_s=round(sum(b["encode_ms"] for b in sat_batches) / 1000, 3),
                         store_s=round(sum(b["store_ms"] for b in sat_batches) / 1000, 3),
                         batch_total_s=round(sum(b["total_ms"] for b in sat_batches) / 1000, 3))
-            pipe["other_in_batch_s"] = round(pipe["batch_total_s"] - pipe["encode_s"] - pipe["store_s"], 3)
-            pipe["between_batches_s"] = round(window - pipe["batch_total_s"], 3)
+            # the worker writes batch N while it encodes batch N+1: store time overlaps encoding,
+            # so the share of the window the encoder was busy is the figure that matters
+            pipe["encoder_busy_fraction"] = round(pipe["encode_s"] / window, 3) if window > 0 else None
             if len(sat_batches) > 1:
-                # the last, partial batch waited for Faust's take timer (batch_max_wait_s): an
-                # end effect of a finite backlog that a continuous saturated stream does not have
+                # the last, partial batch may have waited for the batch linger (batch_max_wait_s):
+                # an end effect of a finite backlog that a continuous saturated stream does not have
                 tail_wait = max(0.0, (sat_batches[-1]["start_ms"] - sat_batches[-2]["end_ms"]) / 1000)
                 pipe["last_batch_wait_s"] = round(tail_wait, 3)
                 pipe["events_per_s_excl_last_batch_wait"] = len(texts) / (window - tail_wait)
@@ -718,12 +699,15 @@ class Bench:
         say(f"[bench] latency phase: {rate:.1f} events/s for {cfg.latency_duration_s:.0f}s")
         n_batches_before = len(batches)
         t_phase0 = time.time() * 1000
+        spy = self._start_profile(workdir) if cfg.profile and cfg.profile_phase == "latency" else None
         with CpuMeter(self._pids) as m:
             st = produce(lat_changes, producer, s.changes_topic, codec, rate=rate,
                          duration=cfg.latency_duration_s, record=True)
             if st.failed:
                 raise BenchError(f"producing failed: {st.errors[:3]}")
             self._wait_indexed(s, encoder, len(texts) + st.sent, cfg.timeout_s, "the latency phase", store)
+        if spy is not None:
+            R["profile"] = self._stop_profile(spy, workdir)
         noise["latency"] = m.result
         times = self._chunk_times(s, store)
         lat = [times[d] - et for d, _, et in st.sent_log if d in times]
@@ -1044,9 +1028,9 @@ def format_table(R: dict) -> str:
     lines.append("foreign CPU load (cores busy with other processes) per phase: "
                  + ", ".join(f"{k} {v['foreign_cpu_cores']}" for k, v in R["noise"].items()))
     if "encode_s" in pipe:
-        lines.append(f"pipeline breakdown over {pipe['batches']} batches: encode {pipe['encode_s']} s, store "
-                     f"{pipe['store_s']} s, other in batch {pipe['other_in_batch_s']} s, between batches "
-                     f"{pipe['between_batches_s']} s (window {pipe['window_s']} s)")
+        lines.append(f"pipeline breakdown over {pipe['batches']} batches: encode {pipe['encode_s']} s "
+                     f"(encoder busy {100 * (pipe.get('encoder_busy_fraction') or 0):.0f} % of the window), store "
+                     f"{pipe['store_s']} s overlapping it (window {pipe['window_s']} s)")
     if pipe.get("cpu"):
         lines.append(f"CPU cost: encoder alone {enc['cpu_ms_per_doc']:.1f} ms/doc, worker "
                      f"{pipe['worker_cpu_ms_per_event']:.1f} ms/event (efficiency "
@@ -1079,10 +1063,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-baseline", action="store_true", help="skip the sentence-transformers baseline")
     p.add_argument("--worker-env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment for the worker, e.g. EMBEDSTREAM_BATCH_MAX_WAIT_S=0.1 (repeatable)")
+    p.add_argument("--profile-phase", choices=("saturation", "latency"), help="phase --profile records (saturation)")
     p.add_argument("--profile", metavar="FILE", help="record the worker with py-spy during the saturation phase "
                                                      "(raw collapsed stacks to FILE; needs py-spy)")
-    p.add_argument("--worker-fetch-max-wait-ms", type=int, metavar="MS",
-                   help="EXPERIMENT: patch Faust's hard-coded consumer fetch_max_wait_ms (1500) in the worker")
     p.add_argument("--encoder-variants", type=int, metavar="REPS",
                    help="instead of the benchmark: encoder-alone alternatives, interleaved REPS times (--docs, default 300)")
     p.add_argument("--store-growth", type=int, metavar="BATCHES",
@@ -1118,8 +1101,7 @@ def main(argv: list[str] | None = None) -> int:
                       ("latency_fraction", "latency_fraction"), ("latency_rate", "latency_rate"), ("encoder_runs", "encoder_runs"),
                       ("threads", "threads"), ("baseline_python", "baseline_python"),
                       ("baseline_model", "baseline_model"), ("timeout", "timeout_s"),
-                      ("bootstrap_servers", "bootstrap_servers"), ("profile", "profile"),
-                      ("worker_fetch_max_wait_ms", "worker_fetch_max_wait_ms")):
+                      ("bootstrap_servers", "bootstrap_servers"), ("profile", "profile"), ("profile_phase", "profile_phase")):
         v = getattr(args, name)
         if v is not None:
             kw[key] = v

@@ -66,7 +66,7 @@ def settings(broker, tmp_path) -> Settings:
 def settings_env(s: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDSTREAM_")}
     for f in ("bootstrap_servers", "data_dir", "app_id", "changes_topic", "alerts_topic", "dlq_topic",
-              "batch_max_wait_s", "batch_max_events", "store", "model_variant", "weaviate_url",
+              "batch_max_wait_s", "batch_max_events", "fetch_max_wait_ms", "store", "model_variant", "weaviate_url",
               "weaviate_grpc_port", "collection_prefix", "metrics_port"):
         env["EMBEDSTREAM_" + f.upper()] = str(getattr(s, f))
     return env
@@ -153,14 +153,18 @@ class Crash(BaseException):
 
 
 class CrashingStore:
-    """The real store; its ``crash_at``-th write call raises Crash instead of writing."""
+    """The real store; its ``crash_at``-th write call raises Crash instead of writing.
+    ``combined=False`` hides ``write_chunks`` (upsert + delete in one version), so the
+    processor writes chunks and deletes separately, as it does with the Weaviate store."""
 
-    WRITES = ("upsert_chunks", "delete_chunks_many", "delete_chunks", "put_states")
+    WRITES = ("write_chunks", "upsert_chunks", "delete_chunks_many", "delete_chunks", "put_states")
 
-    def __init__(self, store, crash_at: int | None):
-        self.store, self.crash_at, self.writes = store, crash_at, 0
+    def __init__(self, store, crash_at: int | None, combined: bool = True):
+        self.store, self.crash_at, self.writes, self.combined = store, crash_at, 0, combined
 
     def __getattr__(self, name):
+        if name == "write_chunks" and not self.combined:
+            raise AttributeError(name)
         attr = getattr(self.store, name)
         if name not in self.WRITES:
             return attr

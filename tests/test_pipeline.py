@@ -185,7 +185,7 @@ def test_non_finite_vectors_are_dead_lettered(codec, store, encoder):
 
 
 def test_transient_store_errors_are_retried_not_skipped(codec, store, encoder):
-    flaky = FlakyStore(store, "upsert_chunks", fail=3)
+    flaky = FlakyStore(store, "write_chunks", fail=3)
     p = Processor(codec, encoder, Chunker(encoder.tokenizer), flaky, backoff=Backoff(initial_s=0.01, max_s=0.02))
     res = p.process([rec(codec, "a", 1, "text")])
     assert res.store_retries == 3 and res.counts["written"] == 1 and store.count() == 1

@@ -135,8 +135,15 @@ def set_alias(path: str | Path, alias: str, collection: str, fingerprint: str, p
 class LanceDBStore:
     """VectorStore on LanceDB files. See :mod:`app.store.base` for the contract."""
 
+    #: reads and writes may come from two threads at once (the worker prepares batch N+1 while
+    #: batch N is written): LanceDB tables take concurrent calls
+    concurrent_calls = True
+
     def __init__(self, path: str | Path, fingerprint: str, dim: int, collection_prefix: str = "embedstream",
-                 create: bool = True, use_alias: bool = True):
+                 create: bool = True, use_alias: bool = True, sole_writer: bool = False):
+        """``sole_writer``: no other process writes these tables while this one is open (the
+        worker), so reads skip the check for newer versions committed elsewhere (about a quarter
+        of each call's cost, measured). Otherwise every read sees other processes' commits."""
         import lancedb
 
         self.path = Path(path)
@@ -149,7 +156,8 @@ class LanceDBStore:
         try:
             if create:
                 self.path.mkdir(parents=True, exist_ok=True)
-            self._db = lancedb.connect(str(self.path), read_consistency_interval=timedelta(0))
+            self._db = lancedb.connect(str(self.path),
+                                       read_consistency_interval=None if sole_writer else timedelta(0))
         except OSError as exc:
             raise TransientStoreError(f"cannot open LanceDB at {self.path}: {exc}") from exc
         meta = {FP_KEY: fingerprint.encode()}
@@ -318,6 +326,11 @@ class LanceDBStore:
     def upsert_chunks(self, chunks: Sequence[ChunkRecord]) -> None:
         if not chunks:
             return
+        table = self._chunk_table(chunks)
+        self._guard("upsert", lambda: self._chunks.merge_insert("id").when_matched_update_all()
+                    .when_not_matched_insert_all().execute(table))
+
+    def _chunk_table(self, chunks: Sequence[ChunkRecord]) -> pa.Table:
         for c in chunks:
             if c.fingerprint != self.fingerprint:
                 raise FingerprintMismatch(f"chunk of {c.doc_id!r} has fingerprint {c.fingerprint!r}; "
@@ -325,7 +338,7 @@ class LanceDBStore:
             if c.vector.shape != (self.dim,):
                 raise FingerprintMismatch(f"chunk of {c.doc_id!r} has dim {c.vector.shape}, expected {self.dim}")
         vecs = np.stack([c.vector for c in chunks]).astype(np.float32, copy=False)
-        table = pa.table({
+        return pa.table({
             "id": [chunk_uuid(c.doc_id, c.chunk_index) for c in chunks],
             "doc_id": [c.doc_id for c in chunks],
             "chunk_index": pa.array([c.chunk_index for c in chunks], pa.int32()),
@@ -339,8 +352,22 @@ class LanceDBStore:
             "metadata_json": [json.dumps(dict(c.metadata), sort_keys=True) for c in chunks],
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), self.dim),
         }, schema=self._chunks_schema)
+
+    def write_chunks(self, chunks: Sequence[ChunkRecord], deletes: Sequence[tuple[str, int]]) -> None:
+        """Upsert ``chunks`` and delete, per ``(doc_id, from_index)``, the document's chunks from that
+        index on that are not in ``chunks`` - in one table version (one commit instead of two)."""
+        if not chunks or not deletes or len(deletes) > 500:
+            self.upsert_chunks(chunks)
+            self.delete_chunks_many(deletes)
+            return
+        table = self._chunk_table(chunks)
+        pred = self._delete_predicate(deletes)
         self._guard("upsert", lambda: self._chunks.merge_insert("id").when_matched_update_all()
-                    .when_not_matched_insert_all().execute(table))
+                    .when_not_matched_insert_all().when_not_matched_by_source_delete(pred).execute(table))
+
+    @staticmethod
+    def _delete_predicate(items: Sequence[tuple[str, int]]) -> str:
+        return " OR ".join(f"(doc_id = {_q(d)} AND chunk_index >= {int(k)})" for d, k in items)
 
     def delete_chunks(self, doc_id: str, from_index: int = 0) -> int:
         return self.delete_chunks_many([(doc_id, from_index)])
@@ -350,7 +377,7 @@ class LanceDBStore:
         total = 0
         for i in range(0, len(items), 500):
             part = items[i:i + 500]
-            pred = " OR ".join(f"(doc_id = {_q(d)} AND chunk_index >= {int(k)})" for d, k in part)
+            pred = self._delete_predicate(part)
             res = self._guard("delete", self._chunks.delete, pred)
             total += int(getattr(res, "num_deleted_rows", 0) or 0)
         return total

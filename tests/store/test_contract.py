@@ -130,6 +130,25 @@ def test_delete_all_chunks_of_a_document(store_factory):
     assert store.delete_chunks("doc-missing") == 0
 
 
+def test_write_chunks_upserts_and_deletes_leftovers_together(store_factory):
+    """Optional ``write_chunks`` (LanceDB): one call = upsert_chunks + delete_chunks_many."""
+    store = store_factory(FP, DIM)
+    if not hasattr(store, "write_chunks"):
+        pytest.skip(f"{type(store).__name__} writes chunks and deletes separately")
+    store.upsert_chunks(chunks_of("shrinks", 4) + chunks_of("gone", 3, seed=1) + chunks_of("kept", 2, seed=2))
+    v2 = chunks_of("shrinks", 2, version=2, seed=3)
+    store.write_chunks(v2 + chunks_of("new", 1, seed=4), [("shrinks", 2), ("gone", 0), ("new", 1)])
+    assert [r["chunk_index"] for r in store.chunk_rows("shrinks")] == [0, 1]
+    assert {r["version"] for r in store.chunk_rows("shrinks")} == {2}
+    assert store.chunk_rows("gone") == []
+    assert len(store.chunk_rows("kept")) == 2 and len(store.chunk_rows("new")) == 1
+    assert store.count() == 5
+    stored = store.fetch_vectors([c.id for c in v2])
+    assert all(np.allclose(stored[c.id], c.vector, atol=1e-6) for c in v2)
+    store.write_chunks([], [("kept", 0)])  # deletes only
+    assert store.chunk_rows("kept") == [] and store.count() == 3
+
+
 def test_ids_sharing_words_never_touch_each_other(store_factory):
     """doc_id must be compared as a whole value (Weaviate: FIELD tokenization, not WORD)."""
     store = store_factory(FP, DIM)
