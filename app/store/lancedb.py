@@ -392,10 +392,17 @@ class LanceDBStore:
         self._guard("write states", lambda: self._docs.merge_insert("doc_id").when_matched_update_all()
                     .when_not_matched_insert_all().execute(table))
 
-    def optimize(self) -> None:
-        """Compact small fragments left by many small writes (run periodically)."""
+    #: optimize() removes table versions older than this. LanceDB's default keeps 7 days, and a
+    #: worker commits several versions per second (each a manifest plus small data/deletion
+    #: files): millions of files a day. Nothing here reads old versions (no time travel); a
+    #: reader that is mid-query on a version this old would fail and retry on the latest.
+    KEEP_VERSIONS = timedelta(minutes=1)
+
+    def optimize(self, keep_versions: timedelta | None = None) -> None:
+        """Compact small fragments left by many small writes and drop old versions (run periodically)."""
+        keep = self.KEEP_VERSIONS if keep_versions is None else keep_versions
         for t in (self._chunks, self._docs):
-            self._guard("optimize", t.optimize)
+            self._guard("optimize", lambda: t.optimize(cleanup_older_than=keep))
 
     def close(self) -> None:
         self._chunks = self._docs = None  # type: ignore[assignment]

@@ -7,6 +7,7 @@ not a real Weaviate), and - only when ``WEAVIATE_URL`` is set - a real Weaviate.
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -288,3 +289,17 @@ def test_fingerprints_are_isolated(store_factory):
     a.upsert_chunks(chunks_of("doc-a", 2, fingerprint="fp-A"))
     assert a.count() == 2 and b.count() == 0
     assert b.search(unit_vectors(1, DIM)[0], k=5) == []
+
+
+def test_optimize_compacts_and_drops_old_versions(store_factory, tmp_path):
+    """LanceDB: optimize() keeps the data and removes versions older than its window."""
+    store = store_factory(FP, DIM)
+    if not hasattr(store, "optimize") or not hasattr(store, "_chunks"):
+        pytest.skip(f"{type(store).__name__} compacts on its own")
+    for i in range(12):
+        store.write_chunks(chunks_of(f"doc-{i}", 2, seed=i), [(f"doc-{i}", 2)])
+    before = len(store._chunks.list_versions())
+    store.optimize(keep_versions=timedelta(0))
+    assert len(store._chunks.list_versions()) < before
+    assert store.count() == 24
+    assert [r["chunk_index"] for r in store.chunk_rows("doc-3")] == [0, 1]
