@@ -47,7 +47,7 @@ class Settings:
     batch_max_wait_s: float = _s(0.01, "After a batch's first event arrives on an idle worker, how long to wait "
                                        "for more (seconds). Events that queued up while the previous batch "
                                        "was processed are taken at once, so batches grow with the load.")
-    fetch_max_wait_ms: int = _s(100, "Longest time the broker may hold a consumer fetch when no data is ready "
+    fetch_max_wait_ms: int = _s(50, "Longest time the broker may hold a consumer fetch when no data is ready "
                                      "(Kafka fetch.max.wait.ms). Kafka answers as soon as data arrives; "
                                      "the embedded broker waits this long, so it bounds its latency.")
     # --- encoder -----------------------------------------------------------------------
@@ -65,7 +65,7 @@ class Settings:
     max_text_bytes: int = _s(1_000_000, "Largest accepted document text; larger events are dead-lettered.")
     # --- drift ---------------------------------------------------------------------------
     drift_enabled: bool = _s(True, "Watch the produced vectors for drift and publish alerts.")
-    drift_warmup: int = _s(2000, "Vectors used to learn the drift reference (no alerts before).")
+    drift_warmup: int = _s(4000, "Vectors used to learn the drift reference (no alerts before; 3/4 fit it, 1/4 calibrate it).")
     # --- store -------------------------------------------------------------------------
     store: str = _s("lancedb", "Vector store: lancedb (embedded) or weaviate.", choices=("lancedb", "weaviate"))
     data_dir: str = _s("./data", "Directory for LanceDB files, drift state and the embedded broker's log.")

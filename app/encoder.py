@@ -201,12 +201,20 @@ class Encoder:
         seqs = [[self.cls_id, *ids[:limit], self.sep_id] for ids in token_ids]
         order = sorted(range(n), key=lambda i: len(seqs[i]))
         if self._pool is not None and n > 1:
-            # length-sorted rows dealt round-robin, so every thread gets a similar amount of work
-            def run_rows(rows):
-                for i in rows:
+            # longest rows first, each thread takes the next row when it is free: the threads
+            # finish within about one short row of each other (a fixed round-robin deal left one
+            # thread idle while the other ran the batch's last long rows)
+            queue = iter(order[::-1])
+            take = threading.Lock()
+
+            def run_rows():
+                while True:
+                    with take:
+                        i = next(queue, None)
+                    if i is None:
+                        return
                     out[i], norms[i] = (a[0] for a in self._run([seqs[i]]))
-            lanes = [order[k::self.threads] for k in range(self.threads)]
-            for f in [self._pool.submit(run_rows, lane) for lane in lanes if lane]:
+            for f in [self._pool.submit(run_rows) for _ in range(min(self.threads, n))]:
                 f.result()
             return out, norms
         start = 0
