@@ -4,6 +4,8 @@
     python -m load.drift_eval --quick              # small (< 1 min once embeddings are cached)
     python -m load.drift_eval --synthetic --quick  # no corpus, no model (CI smoke test)
     python -m load.drift_eval --calibrate          # re-run the threshold calibration on Reuters
+    python -m load.drift_eval --calibrate --candidates 1   # ... only the default detector row
+    python -m load.drift_eval --warmup 2000 --only encoder  # another warm-up (thresholds stay)
     python -m load.drift_eval --out results.json   # also write the results as JSON
 
 Scenarios (every stream starts with the monitor's warm-up, then ``--lead`` drift-free events, then
@@ -286,7 +288,7 @@ def run_calibration(pools, args, log=print) -> dict:
 
     pool = pools["reuters"]
     v, n = pool.variants["int8"]
-    base = DriftConfig()
+    base = DriftConfig() if args.warmup is None else replace(DriftConfig(), warmup=args.warmup)
     out = {"pool": f"{pool.name} ({len(pool)} docs, {pool.fingerprint})", "results": []}
     # The signal streams do not depend on the detector, so every candidate shares them.
     log(f"building {args.cal_streams} x {args.cal_events} drift-free events (+ as many for verification)")
@@ -294,10 +296,12 @@ def run_calibration(pools, args, log=print) -> dict:
                                  seed=args.seed)
     verify = drift_free_streams(v, n, n_streams=args.cal_streams, events_per_stream=args.cal_events, config=base,
                                 seed=args.seed + 10_000)
-    for kind, block, params in CALIBRATION_CANDIDATES:
+    shift_threshold = None
+    for kind, block, params in CALIBRATION_CANDIDATES[: args.candidates]:
         log(f"calibrating {kind} block={block} {params}")
         res = calibrate(v, n, kind=kind, base_params=params, block=block, streams=streams, verify=verify,
-                        target_per_100k=args.target, log=log)
+                        target_per_100k=args.target, config=base, shift_threshold=shift_threshold, log=log)
+        shift_threshold = res.shift_threshold  # one `shift` rule for every candidate
         out["results"].append(res.to_dict())
     return out
 
@@ -340,6 +344,9 @@ def parse_args(argv=None):
     ap.add_argument("--cal-streams", type=int, default=8)
     ap.add_argument("--cal-events", type=int, default=250_000)
     ap.add_argument("--target", type=float, default=1.0, help="calibration target, false alarms per 100k")
+    ap.add_argument("--candidates", type=int, default=None,
+                    help="calibrate only the first N detector candidates (default: all)")
+    ap.add_argument("--warmup", type=int, default=None, help="override DriftConfig.warmup")
     return ap.parse_args(argv)
 
 
@@ -377,6 +384,8 @@ def main(argv=None) -> int:
             args.out.write_text(json.dumps(out, indent=2, default=float))
         return 0
     config = DriftConfig()
+    if args.warmup:
+        config = replace(config, warmup=args.warmup)
     if args.detector:
         config = replace(config, detectors=(parse_detector(args.detector),))
     if args.block:

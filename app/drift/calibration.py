@@ -11,9 +11,13 @@ Method
    firing counts: family-wise) and divide by the number of events. Raw alarms over-count what the
    monitor would emit (alarms within ``coincidence`` events make one verdict, repeats within an
    episode are rate-limited), so the rate of alerts is at most this.
-3. Bisect the grid for the least strict value whose observed rate is <= ``target_per_100k /
-   safety`` (the rate falls monotonically, up to noise, as the value gets stricter), then *verify* it on fresh streams from another seed, reporting the
-   observed rate and a one-sided 95 % Poisson upper bound.
+3. The ``shift`` scan is watched by a threshold rule (not a River detector); its threshold is
+   chosen first, as the least strict value on ``shift_grid`` whose up-crossing rate is <=
+   ``shift_share`` x the allowance ``target_per_100k / safety``.
+4. Bisect the detector's grid for the least strict value whose observed rate, *all* signals
+   together (the ``shift`` rule at its chosen threshold included), is <= the allowance (the rate
+   falls monotonically, up to noise, as the value gets stricter), then *verify* both on fresh
+   streams from another seed, reporting the observed rate and a one-sided 95 % Poisson upper bound.
 
 :func:`injected_shift_delays` measures the price: the detection delay when a shift of ``mu``
 reference standard deviations is added to one signal of a drift-free stream.
@@ -31,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .detectors import DetectorBank, DetectorSpec
+from .detectors import DetectorBank, DetectorSpec, upcrossings
 from .monitor import DEFAULT_DETECTORS, ONE_SIDED, DriftConfig
 from .reference import learn_reference
 
@@ -39,6 +43,7 @@ __all__ = [
     "StreamSet",
     "drift_free_streams",
     "count_alarms",
+    "count_upcrossings",
     "injected_shift_delays",
     "calibrate",
     "CalibrationResult",
@@ -89,25 +94,45 @@ def drift_free_streams(vectors: np.ndarray, norms: np.ndarray | None = None, *, 
     return StreamSet(names, prime, live)
 
 
-def _bank(streams: StreamSet, spec: DetectorSpec, block: int, prime: np.ndarray) -> DetectorBank:
-    bank = DetectorBank(streams.names, [spec], block=block, one_sided=ONE_SIDED)
+def _bank(streams: StreamSet, spec: DetectorSpec, block: int, prime: np.ndarray,
+          thresholds: dict[str, float] | None = None) -> DetectorBank:
+    if thresholds is None:  # the monitor's default rule for `shift`
+        thresholds = DriftConfig().thresholds
+    bank = DetectorBank(streams.names, [spec], block=block, one_sided=ONE_SIDED, thresholds=thresholds)
     bank.update(prime, 0)
     bank.reset_blocks()
     return bank
 
 
-def count_alarms(streams: StreamSet, spec: DetectorSpec, block: int) -> tuple[int, dict[str, int]]:
-    """Total raw alarms (all signals) and alarms per signal over every live stream."""
+def count_alarms(streams: StreamSet, spec: DetectorSpec, block: int,
+                 thresholds: dict[str, float] | None = None) -> tuple[int, dict[str, int]]:
+    """Total raw alarms (all signals) and alarms per signal over every live stream.
+
+    ``thresholds``: signals watched by a threshold rule instead of ``spec`` (e.g. ``{"shift": 6.0}``;
+    None: the monitor's default, ``DriftConfig().thresholds``).
+    """
     per = {n: 0 for n in streams.names}
     for prime, z in zip(streams.prime, streams.live):
-        for a in _bank(streams, spec, block, prime).update(z, 0):
+        for a in _bank(streams, spec, block, prime, thresholds).update(z, 0):
             per[a.signal] += 1
     return sum(per.values()), per
 
 
+def count_upcrossings(streams: StreamSet, signal: str, threshold: float) -> int:
+    """Alarms of the threshold rule on ``signal`` over every live stream (primed on its prime part)."""
+    col = streams.names.index(signal)
+    total = 0
+    for prime, z in zip(streams.prime, streams.live):
+        p = prime[:, col][~np.isnan(prime[:, col])]
+        armed = not (len(p) and p[-1] > threshold)
+        x = z[:, col]
+        total += len(upcrossings(x[~np.isnan(x)], threshold, armed)[0])
+    return total
+
+
 def injected_shift_delays(streams: StreamSet, spec: DetectorSpec, block: int, *, signal: str,
                           shifts=(0.25, 0.5, 1.0, 2.0), lead: int = 5000, horizon: int = 3000,
-                          max_runs: int = 40) -> dict[float, dict]:
+                          max_runs: int = 40, thresholds: dict[str, float] | None = None) -> dict[float, dict]:
     """Delay (events) to the first alarm after ``shift`` (in reference sd) is added to ``signal``.
 
     Runs are segments of the live streams: ``lead`` drift-free events, then ``horizon`` shifted
@@ -127,7 +152,7 @@ def injected_shift_delays(streams: StreamSet, spec: DetectorSpec, block: int, *,
         for prime, z in segments:
             zz = z.copy()
             zz[lead:, col] += mu
-            alarms = _bank(streams, spec, block, prime).update(zz, 0)
+            alarms = _bank(streams, spec, block, prime, thresholds).update(zz, 0)
             if any(a.index < lead for a in alarms):
                 dropped += 1
                 continue
@@ -164,6 +189,8 @@ class CalibrationResult:
     safety: float
     grid: list[dict] = field(default_factory=list)
     verify: dict = field(default_factory=dict)
+    shift_threshold: float | None = None
+    shift_grid: list[dict] = field(default_factory=list)
     delays: dict = field(default_factory=dict)
     events: int = 0
     seconds: float = 0.0
@@ -171,6 +198,10 @@ class CalibrationResult:
     @property
     def spec(self) -> DetectorSpec:
         return DetectorSpec(self.kind, dict(self.params))
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return {} if self.shift_threshold is None else {"shift": self.shift_threshold}
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -184,9 +215,13 @@ def calibrate(vectors: np.ndarray, norms: np.ndarray | None = None, *, kind: str
               events_per_stream: int = 250_000, config: DriftConfig | None = None, seed: int = 0,
               verify_streams: int | None = None, delay_signal: str | None = "centroid",
               streams: StreamSet | None = None, verify: StreamSet | None = None,
+              shift_grid=None, shift_share: float = 0.5, shift_threshold: float | None = None,
               log=print) -> CalibrationResult:
     """Find the least strict detector parameter with <= ``target_per_100k / safety`` raw alarms.
 
+    If the streams have a ``shift`` signal, its threshold rule is calibrated first (least strict
+    value of ``shift_grid`` with <= ``shift_share`` x the allowance; or ``shift_threshold`` as
+    given), and the detector's parameter is then chosen with the ``shift`` rule's alarms counted.
     ``streams``/``verify`` may be passed pre-built (see :func:`drift_free_streams`) to share them
     between several calibrations. Returns a :class:`CalibrationResult` (grid, verification, delays).
     """
@@ -208,11 +243,26 @@ def calibrate(vectors: np.ndarray, norms: np.ndarray | None = None, *, kind: str
     if allowed * streams.n_events / 1e5 < 5:
         log(f"  WARNING: {streams.n_events} events allow only {allowed * streams.n_events / 1e5:.1f} alarms at "
             f"{allowed:g} per 100k: too few to resolve the rate; use more streams/events")
+    thresholds: dict[str, float] = {}
+    shift_rows: list[dict] = []
+    if "shift" in streams.names:
+        if shift_threshold is None:
+            sgrid = sorted(float(h) for h in (shift_grid if shift_grid is not None else np.arange(4.0, 9.01, 0.25)))
+            for h in sgrid:  # cheap (vectorised): evaluate the whole grid
+                k = count_upcrossings(streams, "shift", h)
+                shift_rows.append({"threshold": h, "alarms": k, "per_100k": k / streams.n_events * 1e5})
+            ok = [r for r in shift_rows if r["per_100k"] <= allowed * shift_share]
+            shift_threshold = (ok[0] if ok else shift_rows[-1])["threshold"]
+            chosen_row = next(r for r in shift_rows if r["threshold"] == shift_threshold)
+            log(f"  shift threshold rule: {shift_threshold:g} -> {chosen_row['alarms']} alarms / {streams.n_events} "
+                f"events = {chosen_row['per_100k']:.2f} per 100k (share {shift_share:g} of {allowed:.2f})"
+                + ("" if ok else " WARNING: no grid value meets its share"))
+        thresholds = {"shift": float(shift_threshold)}
     evaluated: dict[float, dict] = {}
 
     def evaluate(g: float) -> dict:
         if g not in evaluated:
-            total, per = count_alarms(streams, DetectorSpec(kind, {**base, param: g}), block)
+            total, per = count_alarms(streams, DetectorSpec(kind, {**base, param: g}), block, thresholds)
             rate = total / streams.n_events * 1e5
             evaluated[g] = {param: g, "alarms": total, "events": streams.n_events, "per_100k": rate,
                             "per_signal": per}
@@ -239,7 +289,7 @@ def calibrate(vectors: np.ndarray, norms: np.ndarray | None = None, *, kind: str
     if verify is None:
         verify = drift_free_streams(vectors, norms, n_streams=verify_streams or n_streams,
                                     events_per_stream=events_per_stream, config=c, seed=seed + 10_000)
-    vt, vper = count_alarms(verify, spec, block)
+    vt, vper = count_alarms(verify, spec, block, thresholds)
     vrate = vt / verify.n_events * 1e5
     ver = {"alarms": vt, "events": verify.n_events, "per_100k": vrate,
            "per_100k_upper95": poisson_upper(vt) / verify.n_events * 1e5, "per_signal": vper}
@@ -247,13 +297,13 @@ def calibrate(vectors: np.ndarray, norms: np.ndarray | None = None, *, kind: str
         f"events = {vrate:.2f} per 100k (95% upper bound {ver['per_100k_upper95']:.2f})")
     delays = {}
     if delay_signal and delay_signal in streams.names:
-        delays = injected_shift_delays(verify, spec, block, signal=delay_signal)
+        delays = injected_shift_delays(verify, spec, block, signal=delay_signal, thresholds=thresholds)
         for mu, d in delays.items():
             log(f"  injected +{mu:g} sd on {delay_signal}: median delay {d['median_delay']} events, "
                 f"p90 {d['p90_delay']}, missed {d['missed']}/{d['runs']}")
     return CalibrationResult(kind=kind, param=param, value=chosen[param], params=params, block=block,
                              target_per_100k=target_per_100k, safety=safety, grid=rows, verify=ver,
-                             delays=delays, events=streams.n_events + verify.n_events,
+                             shift_threshold=thresholds.get("shift"), shift_grid=shift_rows, delays=delays, events=streams.n_events + verify.n_events,
                              seconds=time.perf_counter() - t0)
 
 

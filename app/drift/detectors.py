@@ -5,6 +5,11 @@ Each signal gets its own River detector (one per :class:`DetectorSpec`). Detecto
 closer to Gaussian (calibration transfers better between corpora), the Python cost per vector
 drops by ``block``, and the detection delay grows by at most ``block - 1`` events (see DRIFT.md
 for the measured trade-off).
+
+A signal that is already a normalised scan statistic (``shift``: a maximum over windows of
+U-statistics, strongly autocorrelated by construction) is not fed to a CUSUM: a *threshold rule*
+watches it instead, at every event, and alarms when it crosses its calibrated threshold upwards
+(one alarm per up-crossing).
 """
 from __future__ import annotations
 
@@ -14,7 +19,9 @@ from typing import Any, NamedTuple
 import numpy as np
 from river import drift
 
-__all__ = ["Alarm", "DetectorSpec", "DetectorBank", "DETECTOR_KINDS"]
+__all__ = ["Alarm", "DetectorSpec", "DetectorBank", "DETECTOR_KINDS", "THRESHOLD_LABEL", "upcrossings"]
+
+THRESHOLD_LABEL = "Threshold"
 
 DETECTOR_KINDS = {
     "page_hinkley": ("PageHinkley", drift.PageHinkley),
@@ -64,10 +71,28 @@ class DetectorSpec:
         return cls(d["kind"], dict(d.get("params", {})))
 
 
+def upcrossings(values: np.ndarray, threshold: float, armed: bool = True) -> tuple[np.ndarray, bool]:
+    """Positions where ``values`` (no NaN) rise above ``threshold``, and whether the rule is armed after.
+
+    The rule is armed while the last value was <= ``threshold`` (``armed`` is the state before the
+    first value).
+
+    >>> upcrossings(np.array([0.0, 5.0, 6.0, 1.0, 7.0]), 4.0)
+    (array([1, 4]), False)
+    """
+    above = np.asarray(values) > threshold
+    if not len(above):
+        return np.empty(0, dtype=np.int64), armed
+    prev = np.concatenate([[not armed], above[:-1]])
+    return np.nonzero(above & ~prev)[0], not bool(above[-1])
+
+
 class DetectorBank:
     """One River detector per (signal, spec), fed with block means of standardised signals.
 
     ``one_sided`` names signals where only an increase is drift (PageHinkley gets ``mode="up"``).
+    ``thresholds`` maps signals watched by a threshold rule instead (every event, no blocks, one
+    alarm per up-crossing; see :func:`upcrossings`) to their thresholds.
     ``update(z, start)`` takes a batch of standardised signals ``z`` (n, n_signals) whose first row
     is global event ``start``; NaN entries (a signal missing for that event) are skipped. It returns
     the alarms in event order. A block is per signal: it completes on the ``block``-th valid value.
@@ -84,13 +109,14 @@ class DetectorBank:
     """
 
     def __init__(self, signals: list[str] | tuple[str, ...], specs: list[DetectorSpec], *, block: int = 4,
-                 one_sided=()):
+                 one_sided=(), thresholds: dict[str, float] | None = None):
         if block < 1:
             raise ValueError("block must be >= 1")
         self.signals = tuple(signals)
         self.specs = list(specs)
         self.block = int(block)
         self.one_sided = frozenset(one_sided)
+        self.thresholds = {k: float(v) for k, v in (thresholds or {}).items() if k in self.signals}
         self.reset()
 
     def _build(self, spec: DetectorSpec, signal: str):
@@ -100,7 +126,9 @@ class DetectorBank:
 
     def reset(self) -> None:
         """Fresh detectors and no partial blocks."""
-        self._detectors = [[self._build(spec, s) for spec in self.specs] for s in self.signals]
+        self._detectors = [[] if s in self.thresholds else [self._build(spec, s) for spec in self.specs]
+                           for s in self.signals]
+        self._armed = {s: True for s in self.thresholds}
         self.n_updates = 0
         self.reset_blocks()
 
@@ -124,6 +152,11 @@ class DetectorBank:
             else:
                 pos = np.nonzero(valid)[0]
                 vals, idx = col[pos], pos.astype(np.int64) + start
+            if name in self.thresholds:
+                hits, self._armed[name] = upcrossings(vals, self.thresholds[name], self._armed[name])
+                alarms.extend(Alarm(int(idx[h]), name, THRESHOLD_LABEL) for h in hits)
+                self.n_updates += len(vals)
+                continue
             if len(self._carry_vals[s]):
                 vals = np.concatenate([self._carry_vals[s], vals])
                 idx = np.concatenate([self._carry_idx[s], idx])

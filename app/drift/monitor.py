@@ -40,7 +40,8 @@ import numpy as np
 
 from .alert import AlertKind, DriftAlert, PartitionRange, Severity, SignalStats, Trigger
 from .detectors import Alarm, DetectorBank, DetectorSpec
-from .reference import MonitorKey, Reference, learn_reference, read_state, state_path, write_state
+from .reference import (MonitorKey, Reference, StateVersionError, learn_reference, read_state, state_path,
+                        write_state)
 
 __all__ = ["DriftConfig", "DriftMonitor", "DEFAULT_DETECTORS", "DEFAULT_BLOCK", "ONE_SIDED"]
 
@@ -50,17 +51,23 @@ _NS = uuid.UUID("0b6f3f0e-6f64-5c7c-9a55-6d1f2e4a7c31")
 # Calibration run (see DRIFT.md, "Calibration"):
 #   python -m load.drift_eval --calibrate --out calib.json
 # on Reuters R8 embedded with all-MiniLM-L6-v2 int8 (7674 docs), 8 resampled drift-free streams of
-# 250 000 events, each with its own 2000-event warm-up; target 1 false alarm / 100k, safety x2, i.e.
-# <= 0.5 raw alarms (any signal) per 100k events. Result for PageHinkley(delta=0.25, alpha=1) on
-# block means of 4: threshold 6.5 -> 10 alarms / 2M events (0.50 per 100k); verified on 2M fresh
-# events (other seeds): 4 alarms, 0.20 per 100k (95 % upper bound 0.46).
+# 250 000 events, each with its own 4000-event warm-up; target 1 false alarm / 100k, safety x2, i.e.
+# <= 0.5 raw alarms (any signal) per 100k events = 10 per 2M. First the `shift` threshold rule gets
+# half of that: threshold 6.0 -> 4 up-crossings / 2M (5.75: 11). Then PageHinkley(delta=0.25,
+# alpha=1) on block means of 4 of the other signals, counted together with `shift`: threshold 6.5 ->
+# 6 alarms / 2M (6.0: 12); verified on 2M fresh events (other seeds): 7 alarms, 0.35 per 100k (95 %
+# upper bound 0.66), 2 of them on `shift`.
 # alpha=1: River's default fading factor (1 - 1e-4) makes the CUSUM sum a leaky process whose
 # swings exceed any useful threshold on long streams (calibrated threshold too high; DRIFT.md).
 DEFAULT_BLOCK = 4
 DEFAULT_DETECTORS: tuple[DetectorSpec, ...] = (
     DetectorSpec("page_hinkley", {"min_instances": 30, "delta": 0.25, "threshold": 6.5, "alpha": 1.0}),
 )
-# Signals where only an increase means drift (PageHinkley runs with mode="up" on them).
+# Threshold of the `shift` scan (max over windows of normalised U-statistics; DRIFT.md section 2),
+# watched by an up-crossing rule rather than PageHinkley (same calibration run as above).
+DEFAULT_SHIFT_THRESHOLD = 6.0
+# Signals where only an increase means drift (PageHinkley would run with mode="up" on them; `shift`
+# is one-sided by construction and watched by its threshold rule).
 ONE_SIDED = frozenset({"shift"})
 
 
@@ -68,13 +75,15 @@ ONE_SIDED = frozenset({"shift"})
 class DriftConfig:
     """Tuning knobs of :class:`DriftMonitor` (defaults are the calibrated ones)."""
 
-    warmup: int = 2000
-    fit_fraction: float = 0.5
+    warmup: int = 4000
+    fit_fraction: float = 0.75
     n_axes: int = 2
     n_whiten: int = 32
     n_clusters: int = 8
-    shift_window: int = 48
+    shift_windows: tuple[int, ...] = (32, 48, 72, 108, 162)
     shift_shrink: float = 0.01
+    shift_power: float = 1.5
+    shift_threshold: float = DEFAULT_SHIFT_THRESHOLD
     seed: int = 0
     block: int = DEFAULT_BLOCK
     detectors: tuple[DetectorSpec, ...] = DEFAULT_DETECTORS
@@ -97,12 +106,18 @@ class DriftConfig:
         if self.k_required < 1 or self.block < 1 or self.clear_after < 1:
             raise ValueError("k_required, block and clear_after must be >= 1")
         object.__setattr__(self, "detectors", tuple(self.detectors))
+        object.__setattr__(self, "shift_windows", tuple(int(w) for w in self.shift_windows))
 
     def reference_kwargs(self) -> dict:
         """Arguments of :func:`~app.drift.reference.learn_reference` taken from this config."""
         return {"fit_fraction": self.fit_fraction, "n_axes": self.n_axes, "n_whiten": self.n_whiten,
-                "n_clusters": self.n_clusters, "window": self.shift_window, "shrink": self.shift_shrink,
-                "seed": self.seed}
+                "n_clusters": self.n_clusters, "windows": self.shift_windows, "shrink": self.shift_shrink,
+                "power": self.shift_power, "seed": self.seed}
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """Signals watched by a threshold rule instead of the detectors (see detectors.py)."""
+        return {"shift": self.shift_threshold}
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -198,13 +213,13 @@ class DriftMonitor:
     >>> for s in range(0, len(stream), 256):
     ...     alerts += monitor.observe(stream[s : s + 256])
     >>> [(a.kind.value, a.event_index, a.severity.value, a.signals) for a in alerts]  # doctest: +NORMALIZE_WHITESPACE
-    [('FIRED', 6023, 'WARNING', ['nearest']),
-     ('FIRED', 6043, 'CRITICAL', ['nearest', 'shift']),
-     ('CLEARED', 8471, 'CRITICAL', ['centroid', 'axis2', 'mahal', 'nearest', 'shift'])]
+    [('FIRED', 6023, 'CRITICAL', ['nearest', 'shift']),
+     ('CLEARED', 8299, 'CRITICAL', ['centroid', 'axis2', 'mahal', 'nearest', 'shift'])]
 
-    The first alert opens the episode; a second signal agreeing escalates it to CRITICAL at
-    once; the detectors then re-scale to the new mix, which is stable, and the episode clears
-    2000 events after the last detector alarm. Alerts are Avro-encodable and keyed by
+    The first alert opens the episode; two signals agree at once, so it is CRITICAL (with one, it
+    would be a WARNING, escalated to CRITICAL as soon as a second signal agrees); the detectors then
+    re-scale to the new mix, which is stable, and the episode clears 2000 events after the last
+    detector alarm. Alerts are Avro-encodable and keyed by
     ``fingerprint/collection``:
 
     >>> from app.drift import decode_alert, encode_alert
@@ -255,6 +270,7 @@ class DriftMonitor:
         self.n_alerts = 0
         self.n_episodes = 0
         self.n_invalid = 0
+        self.n_state_discarded = 0
         self._last_save = 0
 
     @property
@@ -278,6 +294,7 @@ class DriftMonitor:
             "alerts": self.n_alerts,
             "episodes": self.n_episodes,
             "invalid_vectors": self.n_invalid,
+            "state_discarded": self.n_state_discarded,
         }
 
     # ------------------------------------------------------------------ public API
@@ -420,9 +437,9 @@ class DriftMonitor:
 
     def _install_reference(self, ref: Reference, prime_z: np.ndarray, recent_start: int) -> None:
         self.reference = ref
-        self._shift_state = ref.new_window()  # `shift` restarts empty (NaN for `shift_window` events)
+        self._shift_state = ref.new_window()  # `shift` restarts empty (NaN for min(shift_windows) - 1 events)
         self.bank = DetectorBank(ref.names, list(self.config.detectors), block=self.config.block,
-                                 one_sided=ONE_SIDED)
+                                 one_sided=ONE_SIDED, thresholds=self.config.thresholds)
         if len(prime_z):
             self.bank.update(self._scaled(prime_z), start=recent_start)  # alarms while priming are discarded
         self.bank.reset_blocks()
@@ -670,7 +687,13 @@ class DriftMonitor:
 
     # ------------------------------------------------------------------ persistence
     def _load(self) -> None:
-        state = read_state(self.path)
+        try:
+            state = read_state(self.path)
+        except StateVersionError:
+            # written by an incompatible version (other signals): start over with a new warm-up;
+            # the file is replaced at the next save
+            self.n_state_discarded = 1
+            return
         if state is None:
             return
         arrays, meta = state

@@ -6,7 +6,10 @@ vectors of the stream:
 
 * the first ``fit_fraction`` of them fit the :class:`~app.drift.signals.SignalBasis`;
 * the rest are turned into signals with that basis, and give each signal's reference mean and
-  standard deviation (out-of-sample, so a drift-free stream standardises to mean 0, std 1).
+  standard deviation (out-of-sample, so a drift-free stream standardises to mean 0, std 1). The
+  ``shift`` scan is normalised analytically instead: the held-out rows give the null mean and
+  variance of its pairwise inner products (:func:`~app.drift.signals.shift_null_moments`), and its
+  reference mean / sd are 0 / 1.
 
 State lives in one ``.npz`` file per key under the caller's ``state_dir`` (arrays plus one JSON
 document), written atomically (temporary file + ``os.replace``).
@@ -18,17 +21,23 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from .signals import ShiftWindow, SignalBasis, fit_basis
+from .signals import ShiftScan, SignalBasis, fit_basis, shift_null_moments
 
-__all__ = ["MonitorKey", "Reference", "learn_reference", "state_path", "write_state", "read_state"]
+__all__ = ["MonitorKey", "Reference", "StateVersionError", "learn_reference", "state_path", "write_state",
+           "read_state"]
 
-STATE_VERSION = 1
+# 2: the `shift` scan (windows + null moments in the basis); a version-1 file cannot be resumed
+STATE_VERSION = 2
+
+
+class StateVersionError(ValueError):
+    """The state file was written by another (incompatible) version of this package."""
 
 
 class MonitorKey(NamedTuple):
@@ -56,10 +65,10 @@ class Reference:
     >>> rng = np.random.default_rng(3)
     >>> v = rng.normal(size=(1000, 16)).astype(np.float32) + 2
     >>> v /= np.linalg.norm(v, axis=1, keepdims=True)
-    >>> ref, z = learn_reference(v, n_axes=1, n_whiten=4, n_clusters=2, window=16)
+    >>> ref, z = learn_reference(v, n_axes=1, n_whiten=4, n_clusters=2, windows=(16,))
     >>> ref.names, z.shape
     (('centroid', 'axis1', 'mahal', 'nearest', 'shift'), (500, 5))
-    >>> bool(np.allclose(np.nanmean(z, axis=0), 0) and np.allclose(np.nanstd(z, axis=0, ddof=1), 1))
+    >>> bool(np.allclose(np.nanmean(z[:, :4], axis=0), 0) and np.allclose(np.nanstd(z[:, :4], axis=0, ddof=1), 1))
     True
     """
 
@@ -73,21 +82,21 @@ class Reference:
     def names(self) -> tuple[str, ...]:
         return self.basis.names
 
-    def new_window(self) -> ShiftWindow:
+    def new_window(self) -> ShiftScan:
         """Fresh state for the ``shift`` signal (one per stream)."""
         return self.basis.new_window()
 
-    def raw(self, vectors: np.ndarray, norms: np.ndarray | None = None, window: ShiftWindow | None = None) -> np.ndarray:
+    def raw(self, vectors: np.ndarray, norms: np.ndarray | None = None, window: ShiftScan | None = None) -> np.ndarray:
         return self.basis.transform(vectors, norms, window)
 
     def standardise(self, raw: np.ndarray) -> np.ndarray:
         return (raw - self.signal_mean) / self.signal_std
 
     def signals(self, vectors: np.ndarray, norms: np.ndarray | None = None,
-                window: ShiftWindow | None = None) -> np.ndarray:
+                window: ShiftScan | None = None) -> np.ndarray:
         """Standardised signals (n, n_signals); NaN where a signal is missing.
 
-        Pass the same ``window`` for consecutive batches of one stream (see :class:`ShiftWindow`).
+        Pass the same ``window`` for consecutive batches of one stream (see :class:`ShiftScan`).
         """
         return self.standardise(self.raw(vectors, norms, window))
 
@@ -118,15 +127,16 @@ def learn_reference(
     n_axes: int = 2,
     n_whiten: int = 32,
     n_clusters: int = 8,
-    window: int = 48,
+    windows: tuple[int, ...] = (32, 48, 72, 108, 162),
     shrink: float = 0.01,
+    power: float = 1.5,
     seed: int = 0,
 ) -> tuple[Reference, np.ndarray]:
     """Learn a :class:`Reference` from warm-up vectors.
 
     Returns the reference and the standardised signals of the held-out part of the warm-up
     (used to prime the detectors so they start in a known in-control state); its first
-    ``window`` rows have no ``shift`` value (NaN).
+    ``min(windows) - 1`` rows have no ``shift`` value (NaN).
     """
     v = np.asarray(vectors, dtype=np.float32)
     n = len(v)
@@ -140,14 +150,22 @@ def learn_reference(
         n_axes=n_axes,
         n_whiten=n_whiten,
         n_clusters=n_clusters,
-        window=window,
+        windows=windows,
         shrink=shrink,
+        power=power,
         seed=seed,
     )
+    if basis.window > 0:
+        c, tau2 = shift_null_moments(basis.tail_units(v[n_fit:]))
+        basis = replace(basis, shift_c=c, shift_tau2=tau2)
     raw = basis.transform(v[n_fit:], None if nrm is None else nrm[n_fit:])
-    mean = np.nanmean(raw, axis=0)
-    std = np.nanstd(raw, axis=0, ddof=1)
+    with np.errstate(invalid="ignore"):
+        mean = np.nanmean(raw, axis=0)
+        std = np.nanstd(raw, axis=0, ddof=1)
     std = np.where(np.isfinite(std) & (std > 1e-12), std, 1e-12)
+    if "shift" in basis.names:  # normalised analytically (see the module docstring)
+        j = basis.names.index("shift")
+        mean[j], std[j] = 0.0, 1.0
     ref = Reference(basis=basis, signal_mean=mean, signal_std=std, n_fit=n_fit, n_std=n - n_fit)
     return ref, ref.standardise(raw)
 
@@ -186,5 +204,5 @@ def read_state(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | Non
         arrays = {k: data[k] for k in data.files}
     meta = json.loads(arrays.pop("meta_json").tobytes().decode())
     if meta.get("version") != STATE_VERSION:
-        raise ValueError(f"{path}: unsupported drift state version {meta.get('version')}")
+        raise StateVersionError(f"{path}: unsupported drift state version {meta.get('version')}")
     return arrays, meta

@@ -14,14 +14,21 @@ scalars, all computed with one matrix product per batch:
 ``nearest``
     cosine distance to the nearest of ``n_clusters`` spherical k-means centroids (novel content);
 ``shift``
-    a streaming two-sample statistic for a *small mean shift in an unknown direction*: the inner
-    product of the current vector with the mean of the previous ``window`` vectors, both whitened
-    in the reference's low-variance subspace (principal axes ``n_whiten + 1 .. d``, eigenvalues
-    shrunk by ``shrink`` x their mean). Its expectation is 0 while the stream matches the
-    reference and ``|whitened shift|^2`` once the window has filled after a shift. This is the
-    signal that sees an encoder swap (fp32 -> int8 moves every vector by ~0.11 with a systematic
-    part that is small in cosine terms but large relative to the low-variance directions); it
-    needs state, kept in a :class:`ShiftWindow`;
+    a sequential two-sample statistic for a *small mean shift in an unknown direction*, scanned
+    over a few window lengths. Each vector is whitened in the reference's low-variance subspace
+    (principal axes ``n_whiten + 1 .. d``, eigenvalues shrunk by ``shrink`` x their mean, axis
+    ``i`` divided by ``lambda_i ** (power / 2)``) and reduced to its direction (spatial sign,
+    ``u = z / |z|``); for each window length ``W`` the normalised U-statistic
+
+        T_W(t) = sum_{t-W < i < j <= t} (u_i . u_j - c) / sqrt(W (W - 1) / 2 * tau2)
+
+    is ~N(0, 1) without drift and grows like ``n |delta|^2 / sqrt(2 k)`` from the first shifted
+    event on (``c`` is the null mean of ``u_i . u_j`` and ``tau2`` its null variance, both
+    estimated on the held-out part of the warm-up). ``shift`` is ``max_W T_W(t)``; it is watched
+    by a threshold rule (see :mod:`app.drift.detectors`), not by a CUSUM. This is the signal that
+    sees an encoder swap (fp32 -> int8 moves every vector by a systematic offset that is small in
+    cosine terms but large relative to the low-variance directions); it needs state, kept in a
+    :class:`ShiftScan`;
 ``lognorm``
     log of the pre-normalisation norm, when the encoder passes it (length / tokenizer changes).
 
@@ -35,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SignalBasis", "ShiftWindow", "fit_basis", "spherical_kmeans"]
+__all__ = ["SignalBasis", "ShiftScan", "ShiftWindow", "fit_basis", "spherical_kmeans", "shift_null_moments"]
 
 
 def _as_matrix(vectors: np.ndarray) -> np.ndarray:
@@ -83,35 +90,82 @@ def spherical_kmeans(vectors: np.ndarray, k: int, *, iters: int = 20, seed: int 
     return c.astype(np.float32)
 
 
-class ShiftWindow:
-    """The last ``window`` whitened tail vectors, carried between batches for the ``shift`` signal."""
+def _unit_rows(tail: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit norm (spatial sign); all-zero rows stay zero."""
+    nrm = np.linalg.norm(tail, axis=1, keepdims=True)
+    return np.divide(tail, nrm, out=np.zeros_like(tail), where=nrm > 0)
 
-    def __init__(self, window: int, dim: int):
-        self.window = int(window)
+
+def shift_null_moments(units: np.ndarray) -> tuple[float, float]:
+    """``(c, tau2)``: mean and variance of ``u_i . u_j`` (i != j) on drift-free unit rows.
+
+    ``c`` is the U-statistic estimate of ``|E u|^2``; ``tau2`` the mean squared inner product of
+    centred rows of the two halves of ``units`` (independent rows, so ~``tr(Cov(u)^2)``).
+
+    >>> rng = np.random.default_rng(0)
+    >>> u = _unit_rows(rng.normal(size=(2000, 100)))
+    >>> c, tau2 = shift_null_moments(u)
+    >>> abs(c) < 1e-3, round(tau2 * 100, 1)   # isotropic: tr(Cov^2) = 1 / dim
+    (True, 1.0)
+    """
+    u = np.asarray(units, dtype=np.float64)
+    n = len(u)
+    if n < 4:
+        raise ValueError("need at least 4 rows to estimate the shift statistic's null moments")
+    s = u.sum(axis=0)
+    c = float((s @ s - np.einsum("ij,ij->", u, u)) / (n * (n - 1)))
+    h = n // 2
+    a = u[:h] - u[:h].mean(axis=0)
+    b = u[h : 2 * h] - u[h : 2 * h].mean(axis=0)
+    tau2 = float(np.mean((a @ b.T) ** 2))
+    return c, max(tau2, 1e-12)
+
+
+class ShiftScan:
+    """State of the ``shift`` signal between batches: the last ``max(windows)`` unit tail rows.
+
+    ``update(units)`` returns ``max_W T_W(t)`` for each new row (see the module docstring), over the
+    windows that are already full (NaN until ``min(windows)`` rows have been seen).
+    """
+
+    def __init__(self, windows, dim: int, c: float = 0.0, tau2: float = 1.0):
+        self.windows = tuple(int(w) for w in windows)
+        self.c = float(c)
+        self.tau2 = float(tau2)
         self.rows = np.empty((0, dim), dtype=np.float64)
+
+    @property
+    def window(self) -> int:
+        return max(self.windows) if self.windows else 0
 
     def reset(self) -> None:
         self.rows = self.rows[:0]
 
-    def update(self, tail: np.ndarray) -> np.ndarray:
-        """``shift`` values for the rows of ``tail`` (NaN until ``window`` earlier rows exist)."""
-        w = self.window
+    def update(self, units: np.ndarray) -> np.ndarray:
         hist = len(self.rows)
-        z = np.concatenate([self.rows, tail]) if hist else tail
-        n = len(tail)
+        z = np.concatenate([self.rows, units]) if hist else units
+        n = len(units)
         out = np.full(n, np.nan)
-        csum = np.cumsum(z, axis=0)
-        t = np.arange(hist, hist + n)  # positions of the new rows in z
-        ok = t >= w
-        if ok.any():
-            t = t[ok]
-            prev = csum[t - 1] - np.where((t - w - 1)[:, None] >= 0, csum[np.maximum(t - w - 1, 0)], 0.0)
-            # projection of the current vector on the direction of the previous window's mean:
-            # ~N(0, 1) without drift whatever the window's length, |shift|*cos(angle) after one
-            prev_norm = np.maximum(np.linalg.norm(prev, axis=1), 1e-12)
-            out[ok] = np.einsum("ij,ij->i", z[t], prev) / prev_norm
-        self.rows = z[-w:].copy()
+        cs = np.zeros((len(z) + 1, z.shape[1]))
+        np.cumsum(z, axis=0, out=cs[1:])
+        sq = np.concatenate([[0.0], np.cumsum(np.einsum("ij,ij->i", z, z))])
+        end = np.arange(hist + 1, hist + n + 1)  # prefix index just after each new row
+        for w in self.windows:
+            ok = end >= w
+            if not ok.any():
+                continue
+            e = end[ok]
+            s = cs[e] - cs[e - w]
+            pairs = w * (w - 1) / 2
+            u = (np.einsum("ij,ij->i", s, s) - (sq[e] - sq[e - w])) / 2 - pairs * self.c
+            t = u / np.sqrt(pairs * self.tau2)
+            cur = out[ok]
+            out[ok] = np.where(np.isnan(cur) | (t > cur), t, cur)
+        self.rows = z[-self.window :].copy() if self.window else z[:0].copy()
         return out
+
+
+ShiftWindow = ShiftScan  # former name
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,9 +186,12 @@ class SignalBasis:
         Spherical k-means centroids (k, d).
     tail
         Whitening projection of the low-variance subspace (d, k): axes divided by their
-        shrunk standard deviations (used by ``shift``).
-    window
-        Window of the ``shift`` signal (0 disables it).
+        shrunk variances to the power ``power / 2`` (used by ``shift``).
+    windows
+        Window lengths scanned by the ``shift`` signal (empty disables it).
+    shift_c, shift_tau2
+        Null mean and variance of the inner product of two unit tail rows (see
+        :func:`shift_null_moments`); set from held-out data by :func:`~app.drift.reference.learn_reference`.
     n_axes
         How many leading whitened axes are emitted as ``axis1..axisN``.
     use_norm
@@ -145,7 +202,7 @@ class SignalBasis:
     >>> rng = np.random.default_rng(1)
     >>> v = rng.normal(size=(500, 16)).astype(np.float32) + 3
     >>> v /= np.linalg.norm(v, axis=1, keepdims=True)
-    >>> basis = fit_basis(v, n_axes=2, n_whiten=4, n_clusters=3, window=8)
+    >>> basis = fit_basis(v, n_axes=2, n_whiten=4, n_clusters=3, windows=(8,))
     >>> basis.names
     ('centroid', 'axis1', 'axis2', 'mahal', 'nearest', 'shift')
     >>> basis.transform(v[:10]).shape
@@ -158,9 +215,11 @@ class SignalBasis:
     scales: np.ndarray
     clusters: np.ndarray
     tail: np.ndarray
-    window: int
+    windows: tuple[int, ...]
     n_axes: int
     use_norm: bool
+    shift_c: float = 0.0
+    shift_tau2: float = 1.0
 
     def __post_init__(self) -> None:
         # One matrix holds every direction we project on: [centroid | axes | clusters^T | tail].
@@ -170,8 +229,21 @@ class SignalBasis:
         object.__setattr__(self, "_offset", mean @ self.axes.astype(np.float64))
         object.__setattr__(self, "_tail_offset", mean @ self.tail.astype(np.float64))
 
-    def new_window(self) -> ShiftWindow:
-        return ShiftWindow(self.window, self.tail.shape[1])
+    @property
+    def window(self) -> int:
+        """Longest ``shift`` window (0: no ``shift`` signal)."""
+        return max(self.windows) if self.windows else 0
+
+    def new_window(self) -> ShiftScan:
+        """Fresh ``shift`` state for one stream."""
+        return ShiftScan(self.windows, self.tail.shape[1], self.shift_c, self.shift_tau2)
+
+    def tail_units(self, vectors: np.ndarray) -> np.ndarray:
+        """Unit (spatial-sign) whitened tail rows of ``vectors`` (n, k), as ``shift`` uses them."""
+        v = _as_matrix(vectors)
+        tail = (v @ self.tail).astype(np.float64) - self._tail_offset
+        tail[~np.isfinite(tail).all(axis=1)] = 0.0
+        return _unit_rows(tail)
 
     @property
     def dim(self) -> int:
@@ -187,12 +259,12 @@ class SignalBasis:
         return tuple(names)
 
     def transform(self, vectors: np.ndarray, norms: np.ndarray | None = None,
-                  window: ShiftWindow | None = None) -> np.ndarray:
+                  window: ShiftScan | None = None) -> np.ndarray:
         """Signals for a batch: float64 array (n, len(names)).
 
         ``lognorm`` is NaN for every row when ``norms`` is None (the detectors then skip it).
         ``window`` carries the ``shift`` state between consecutive batches of one stream; without
-        it, ``shift`` is computed within this batch only (NaN for its first ``window`` rows).
+        it, ``shift`` is computed within this batch only (NaN for its first ``min(windows) - 1`` rows).
         """
         v = _as_matrix(vectors)
         if v.shape[1] != self.dim:
@@ -208,9 +280,9 @@ class SignalBasis:
         out[:, 2 + self.n_axes] = 1.0 - p[:, 1 + q : 1 + q + k].max(axis=1)
         if self.window > 0:
             tail = p[:, 1 + q + k :] - self._tail_offset
-            # rows that are not finite must not poison the window
+            # rows that are not finite must not poison the window (they become zero rows)
             tail[~np.isfinite(tail).all(axis=1)] = 0.0
-            out[:, 3 + self.n_axes] = (window or self.new_window()).update(tail)
+            out[:, 3 + self.n_axes] = (window or self.new_window()).update(_unit_rows(tail))
         if self.use_norm:
             if norms is None:
                 out[:, -1] = np.nan
@@ -231,6 +303,8 @@ class SignalBasis:
             prefix + "clusters": self.clusters,
             prefix + "tail": self.tail,
             prefix + "meta": np.array([self.n_axes, int(self.use_norm), self.window], dtype=np.int64),
+            prefix + "windows": np.array(self.windows, dtype=np.int64),
+            prefix + "shift_moments": np.array([self.shift_c, self.shift_tau2], dtype=np.float64),
         }
 
     @classmethod
@@ -243,9 +317,11 @@ class SignalBasis:
             scales=np.asarray(arrays[prefix + "scales"], dtype=np.float64),
             clusters=np.asarray(arrays[prefix + "clusters"], dtype=np.float32),
             tail=np.asarray(arrays[prefix + "tail"], dtype=np.float32),
-            window=int(meta[2]),
+            windows=tuple(int(w) for w in np.asarray(arrays[prefix + "windows"]).tolist()),
             n_axes=int(meta[0]),
             use_norm=bool(meta[1]),
+            shift_c=float(np.asarray(arrays[prefix + "shift_moments"])[0]),
+            shift_tau2=float(np.asarray(arrays[prefix + "shift_moments"])[1]),
         )
 
 
@@ -256,14 +332,19 @@ def fit_basis(
     n_axes: int = 2,
     n_whiten: int = 32,
     n_clusters: int = 8,
-    window: int = 48,
+    windows: tuple[int, ...] = (32, 48, 72, 108, 162),
     shrink: float = 0.01,
+    power: float = 1.5,
     seed: int = 0,
 ) -> SignalBasis:
     """Fit a :class:`SignalBasis` on reference vectors (n, d); ``norms`` enables ``lognorm``.
 
-    ``window=0`` disables the ``shift`` signal.
+    ``windows=()`` disables the ``shift`` signal. ``power`` = 1 is plain whitening of the tail;
+    1.5 weights its lowest-variance axes more (see DRIFT.md section 2). The ``shift`` null moments
+    are left at (0, 1): set them from held-out data (:func:`shift_null_moments`), as
+    :func:`~app.drift.reference.learn_reference` does.
     """
+    windows = tuple(int(w) for w in windows if int(w) >= 2)
     v = _as_matrix(vectors)
     n, d = v.shape
     if n < 2:
@@ -282,7 +363,7 @@ def fit_basis(
     scales = np.maximum(np.sqrt(var[:q]), 1e-6)
     # Low-variance subspace for `shift`: the remaining principal axes (padded with the null space
     # when n < d), whitened with eigenvalues shrunk toward their mean.
-    if window > 0 and q < d:
+    if windows and q < d:
         if vt.shape[0] < d:  # fewer samples than dimensions: complete the basis
             qmat, _ = np.linalg.qr(np.hstack([vt.T, np.random.default_rng(seed).normal(size=(d, d - vt.shape[0]))]))
             rest = qmat[:, vt.shape[0]:]
@@ -291,9 +372,9 @@ def fit_basis(
         else:
             vt_full = vt
         lam0 = shrink * (var.sum() / d)
-        tail = vt_full[q:d].T / np.sqrt(var[q:d] + lam0)
+        tail = vt_full[q:d].T / (var[q:d] + lam0) ** (power / 2)
     else:
-        window = 0
+        windows = ()
         tail = np.zeros((d, 0))
     clusters = spherical_kmeans(v, n_clusters, seed=seed)
     return SignalBasis(
@@ -303,7 +384,7 @@ def fit_basis(
         scales=scales.astype(np.float64),
         clusters=clusters,
         tail=tail.astype(np.float32),
-        window=int(window),
+        windows=windows,
         n_axes=min(n_axes, q),
         use_norm=norms is not None,
     )

@@ -56,3 +56,25 @@ def test_validation():
     with pytest.raises(ValueError, match="expected"):
         DetectorBank(["a"], [PH]).update(np.zeros((4, 2)), 0)
     assert DetectorSpec.from_dict(PH.to_dict()) == PH
+
+
+def test_threshold_rule_alarms_once_per_upcrossing_and_is_batch_invariant():
+    z = _stream(seed=5, mu=0.0)
+    x = np.zeros(len(z))
+    x[[100, 101, 102, 500, 2000, 2001]] = 7.0  # three excursions above 6
+    x[1500] = np.nan  # skipped
+    z[:, 2] = x
+    bank = DetectorBank(["a", "b", "c"], [PH], block=4, thresholds={"c": 6.0})
+    whole = bank.update(z, 10)
+    assert [(a.index, a.signal, a.detector) for a in whole] == [
+        (110, "c", "Threshold"), (510, "c", "Threshold"), (2010, "c", "Threshold")]
+    bank = DetectorBank(["a", "b", "c"], [PH], block=4, thresholds={"c": 6.0})
+    pieces = []
+    cuts = [0, 101, 102, 501, 2001, 6000]  # a batch boundary inside an excursion: no second alarm
+    for s, e in zip(cuts, cuts[1:]):
+        pieces += bank.update(z[s:e], 10 + s)
+    assert pieces == whole
+    # a fresh rule primed on a value above the threshold stays disarmed until the value drops
+    bank = DetectorBank(["c"], [PH], thresholds={"c": 6.0})
+    bank.update(np.array([[7.0]]), 0)
+    assert bank.update(np.array([[7.0], [1.0], [7.0]]), 1) == [(3, "c", "Threshold")]

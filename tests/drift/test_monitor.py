@@ -1,3 +1,4 @@
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -12,10 +13,12 @@ KEY = ("model:int8:abc", "docs")
 
 # Pinned outcomes of the seeded streams below with the calibrated defaults (DriftConfig()).
 # They change when the detectors/defaults change: re-derive them, and say why, in that change.
+# Re-derived for the `shift` scan + threshold rule and the 4000-event warm-up (3000 fit / 1000 held out).
 FIRST_SWITCH = [("FIRED", 6003, 0, "WARNING", ["nearest"]), ("FIRED", 6007, 1, "CRITICAL", ["mahal", "nearest"]),
-                ("CLEARED", 8191, 2, "CRITICAL", ["centroid", "axis2", "mahal", "nearest", "shift", "lognorm"])]
-EPISODE_ALERTS = [("FIRED", 4007, 0), ("FIRED", 4015, 1), ("FIRED", 6599, 2), ("FIRED", 9103, 3), ("CLEARED", 12251, 4)]
+                ("CLEARED", 8167, 2, "CRITICAL", ["centroid", "axis2", "mahal", "nearest", "shift", "lognorm"])]
+EPISODE_ALERTS = [("FIRED", 4007, 0), ("FIRED", 4011, 1), ("FIRED", 6599, 2), ("FIRED", 9103, 3), ("CLEARED", 12207, 4)]
 RESTART_DELAY = 3
+SMALL_SHIFT_FIRST = ("FIRED", 6134, "CRITICAL", ["shift"], "Threshold")
 
 
 class FakeClock:
@@ -46,6 +49,20 @@ def test_exact_first_alert_on_topic_switch(tmp_path):
     assert {s.signal: round(s.shift, 1) for s in cleared.stats}["nearest"] > 3.0
 
 
+def test_small_mean_shift_is_seen_by_the_shift_scan_only(tmp_path):
+    # every vector moves by the same small offset at event 6000 (like an encoder swap): the topic
+    # mix is unchanged, only the `shift` scan's threshold rule sees it
+    c = centres(71)
+    rng = np.random.default_rng(72)
+    v0, n0 = sample(rng, c, range(6), 6000)
+    bias = np.random.default_rng(73).normal(size=c.shape[1]) * 0.12
+    v1, n1 = sample(rng, c, range(6), 2000, bias=bias)
+    alerts = feed(_monitor(tmp_path), np.vstack([v0, v1]), np.concatenate([n0, n1]))
+    first = alerts[0]
+    assert (first.kind.value, first.event_index, first.severity.value, first.signals, first.detector) == SMALL_SHIFT_FIRST
+    assert [t.signal for t in first.triggers] == ["shift"]
+
+
 def test_same_alerts_whatever_the_batching(tmp_path):
     v, n = switch_stream(seed=11, n_before=6000, n_after=3000)
     runs = []
@@ -57,11 +74,12 @@ def test_same_alerts_whatever_the_batching(tmp_path):
 
 def test_no_alerts_during_warmup(tmp_path):
     # the stream switches topics in the middle of the warm-up: no alert, and it is simply learned
-    v, n = switch_stream(seed=3, n_before=1000, n_after=1500)
+    w = DriftConfig().warmup
+    v, n = switch_stream(seed=3, n_before=w // 2, n_after=w // 2 + 500)
     mon = _monitor(tmp_path)
-    assert feed(mon, v[:1999], n[:1999]) == [] and mon.warming_up
-    assert mon.observe(v[1999:2000], norms=n[1999:2000]) == [] and not mon.warming_up
-    assert mon.status()["warmup_progress"] == 2000 and state_path(tmp_path, mon.key).exists()
+    assert feed(mon, v[: w - 1], n[: w - 1]) == [] and mon.warming_up
+    assert mon.observe(v[w - 1 : w], norms=n[w - 1 : w]) == [] and not mon.warming_up
+    assert mon.status()["warmup_progress"] == w and state_path(tmp_path, mon.key).exists()
 
 
 @pytest.mark.parametrize("seed, expected", [
@@ -118,7 +136,7 @@ def test_cooldown_in_seconds(tmp_path):
     n = np.concatenate([p[1] for p in parts])
     clock = FakeClock()
     mon = DriftMonitor(KEY, tmp_path, config=replace(DriftConfig(), cooldown_events=0, cooldown_s=300.0,
-                                                     clear_after=100_000), clock=clock)
+                                                     clear_after=100_000, warmup=2000), clock=clock)
     frozen = [a for a in feed(mon, v[:6000], n[:6000]) if a.kind is AlertKind.FIRED]
     # the clock does not move: only the first alert and severity escalations get through
     assert frozen and all(a.sequence == 0 or a.severity.rank > frozen[i - 1].severity.rank
@@ -155,14 +173,15 @@ def test_restart_resumes_without_warmup_or_spurious_alert(tmp_path):
 def test_restart_during_warmup_keeps_progress(tmp_path):
     c = centres(41)
     rng = np.random.default_rng(42)
-    v, n = sample(rng, c, range(4), 2000)
+    w = DriftConfig().warmup
+    v, n = sample(rng, c, range(4), w)
     mon = _monitor(tmp_path)
     feed(mon, v[:1200], n[:1200])
     mon.close()
     again = _monitor(tmp_path)
     assert again.warming_up and again.status()["warmup_progress"] == 1200
     feed(again, v[1200:], n[1200:])
-    assert not again.warming_up and again.reference.n_fit + again.reference.n_std == 2000
+    assert not again.warming_up and again.reference.n_fit + again.reference.n_std == w
 
 
 def test_alert_metadata_and_avro(tmp_path):
@@ -211,7 +230,7 @@ def test_invalid_rows_and_missing_norms(tmp_path):
 
 def test_rebaseline_closes_episode_and_learns_again(tmp_path):
     v, n = switch_stream(seed=11, n_before=6000, n_after=3000)
-    mon = _monitor(tmp_path, clear_after=100_000)
+    mon = _monitor(tmp_path, clear_after=100_000, warmup=2000)
     alerts = feed(mon, v[:6500], n[:6500])
     assert alerts and mon.episode is not None
     closing = mon.rebaseline()
@@ -225,9 +244,35 @@ def test_periodic_save_survives_a_crash(tmp_path):
     c = centres(61)
     rng = np.random.default_rng(62)
     v, n = sample(rng, c, range(4), 14_000)
-    mon = _monitor(tmp_path, save_every=5000)
+    mon = _monitor(tmp_path, save_every=5000, warmup=2000)
     feed(mon, v, n, batch=100)  # saves after the warm-up (2000), then at 7000 and 12000
     del mon  # no close(): the process died
-    again = _monitor(tmp_path, save_every=5000)
+    again = _monitor(tmp_path, save_every=5000, warmup=2000)
     assert not again.warming_up and again.n_seen == 12_000
     assert feed(again, *sample(rng, c, range(4), 10_000)) == []
+
+
+def test_state_of_an_older_version_is_discarded(tmp_path):
+    from app.drift.reference import StateVersionError, read_state
+
+    c = centres(81)
+    rng = np.random.default_rng(82)
+    w = DriftConfig().warmup
+    mon = _monitor(tmp_path)
+    feed(mon, *sample(rng, c, range(4), w + 500))
+    mon.close()
+    # rewrite the file as version 1 (the former `shift` signal): it cannot be resumed
+    path = state_path(tmp_path, mon.key)
+    with np.load(path) as d:
+        arrays = {k: d[k] for k in d.files}
+    meta = json.loads(arrays.pop("meta_json").tobytes().decode())
+    meta["version"] = 1
+    arrays["meta_json"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+    with pytest.raises(StateVersionError):
+        read_state(path)
+    again = _monitor(tmp_path)
+    assert again.warming_up and again.n_seen == 0 and again.status()["state_discarded"] == 1
+    feed(again, *sample(rng, c, range(4), w))
+    assert not again.warming_up and read_state(path) is not None  # replaced by a current state file

@@ -9,14 +9,19 @@ from .synth import centres, sample
 def test_holdout_is_standardised_and_split():
     rng = np.random.default_rng(0)
     v, n = sample(rng, centres(0), range(6), 1000)
-    ref, z = learn_reference(v, n, fit_fraction=0.5, window=32)
+    ref, z = learn_reference(v, n, fit_fraction=0.5, windows=(32,))
     assert (ref.n_fit, ref.n_std) == (500, 500)
-    assert np.isnan(z[:32, ref.names.index("shift")]).all()
-    np.testing.assert_allclose(np.nanmean(z, 0), 0, atol=1e-9)
-    np.testing.assert_allclose(np.nanstd(z, 0, ddof=1), 1, rtol=1e-9)
+    j = ref.names.index("shift")
+    assert np.isnan(z[:31, j]).all() and np.isfinite(z[31:, j]).all()
+    # `shift` is normalised analytically (held-out moments of its pairwise products), the others
+    # by their held-out mean and sd
+    assert (ref.signal_mean[j], ref.signal_std[j]) == (0.0, 1.0)
+    others = np.delete(z, j, axis=1)
+    np.testing.assert_allclose(np.nanmean(others, 0), 0, atol=1e-9)
+    np.testing.assert_allclose(np.nanstd(others, 0, ddof=1), 1, rtol=1e-9)
     # out-of-sample: on fresh vectors the signals stay near mean 0 / sd 1
     v2, n2 = sample(rng, centres(0), range(6), 4000)
-    z2 = ref.signals(v2, n2, ref.new_window())[32:]
+    z2 = ref.signals(v2, n2, ref.new_window())[31:]
     assert np.all(np.abs(z2.mean(0)) < 0.15)
     assert np.all(np.abs(z2.std(0) - 1) < 0.15)
 

@@ -1,7 +1,10 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from app.drift.signals import fit_basis, spherical_kmeans
+from app.drift.reference import learn_reference
+from app.drift.signals import fit_basis, shift_null_moments, spherical_kmeans
 
 from .synth import centres, sample
 
@@ -13,19 +16,19 @@ def _data(n=2000, seed=0):
 
 def test_names_and_shape():
     v, n = _data()
-    basis = fit_basis(v, n, n_axes=3, n_whiten=8, n_clusters=4, window=16)
+    basis = fit_basis(v, n, n_axes=3, n_whiten=8, n_clusters=4, windows=(16, 24))
     assert basis.names == ("centroid", "axis1", "axis2", "axis3", "mahal", "nearest", "shift", "lognorm")
     out = basis.transform(v[:40], n[:40])
     assert out.shape == (40, 8)
-    # without a carried window, `shift` needs 16 earlier rows of the same batch
-    assert np.isnan(out[:16, 6]).all() and np.isfinite(np.delete(out, 6, axis=1)).all()
-    assert np.isfinite(out[16:]).all()
-    assert fit_basis(v, n, window=0).names == ("centroid", "axis1", "axis2", "mahal", "nearest", "lognorm")
+    # without a carried state, `shift` needs a full shortest window (16 rows) of the same batch
+    assert np.isnan(out[:15, 6]).all() and np.isfinite(np.delete(out, 6, axis=1)).all()
+    assert np.isfinite(out[15:]).all()
+    assert fit_basis(v, n, windows=()).names == ("centroid", "axis1", "axis2", "mahal", "nearest", "lognorm")
 
 
 def test_signal_definitions():
     v, n = _data()
-    basis = fit_basis(v, n, n_axes=2, n_whiten=8, n_clusters=4, window=0)
+    basis = fit_basis(v, n, n_axes=2, n_whiten=8, n_clusters=4, windows=())
     out = basis.transform(v[:50], n[:50])
     c = v.astype(np.float64).mean(0)
     c /= np.linalg.norm(c)
@@ -49,34 +52,67 @@ def test_missing_norms_give_nan_and_no_norm_basis():
     assert without.transform(v[:5], n[:5]).shape == (5, len(without.names))
 
 
-def test_shift_window_is_batch_invariant_and_matches_definition():
+def _scan_by_definition(units, c, tau2, windows, t):
+    """max over W of sum_{t-W < i < j <= t} (u_i . u_j - c) / sqrt(W (W - 1) / 2 * tau2), pair by pair."""
+    best = -np.inf
+    for w in windows:
+        if t + 1 < w:
+            continue
+        u = units[t - w + 1 : t + 1]
+        g = u @ u.T
+        pairs = w * (w - 1) / 2
+        total = (g.sum() - np.trace(g)) / 2 - pairs * c
+        best = max(best, total / np.sqrt(pairs * tau2))
+    return best
+
+
+def test_shift_scan_is_batch_invariant_and_matches_definition():
     v, n = _data(3000)
-    basis = fit_basis(v[:1000], n[:1000], n_whiten=8, window=32)
+    ref, _ = learn_reference(v[:1000], n[:1000], n_whiten=8, windows=(16, 32))
+    basis = ref.basis
     col = basis.names.index("shift")
     whole = basis.transform(v[1000:], n[1000:], basis.new_window())[:, col]
     win = basis.new_window()
     parts = [basis.transform(v[s:e], n[s:e], win)[:, col] for s, e in [(1000, 1001), (1001, 1040), (1040, 3000)]]
-    np.testing.assert_allclose(np.concatenate(parts), whole, rtol=1e-4, atol=1e-6)
-    assert np.isnan(whole[:32]).all() and np.isfinite(whole[32:]).all()
-    # definition: projection of row t on the direction of the mean of rows t-32 .. t-1 (whitened tail)
+    np.testing.assert_allclose(np.concatenate(parts), whole, rtol=1e-4, atol=1e-5)
+    assert np.isnan(whole[:15]).all() and np.isfinite(whole[15:]).all()
+    # definition, on the unit (spatial-sign) whitened tail rows
     tail = v[1000:].astype(np.float64) @ basis.tail.astype(np.float64) - basis.mean.astype(np.float64) @ basis.tail
-    t = 500
-    m = tail[t - 32 : t].mean(0)
-    assert whole[t] == pytest.approx(tail[t] @ m / np.linalg.norm(m), rel=1e-4)
+    units = tail / np.linalg.norm(tail, axis=1, keepdims=True)
+    np.testing.assert_allclose(basis.tail_units(v[1000:]), units, rtol=1e-4, atol=1e-6)
+    for t in (15, 20, 31, 500, 1999):
+        assert whole[t] == pytest.approx(_scan_by_definition(units, basis.shift_c, basis.shift_tau2, (16, 32), t),
+                                         rel=1e-3, abs=1e-3)
+    # one window: ~N(0, 1) on fresh drift-free rows (normalised with the held-out moments)
+    one = replace(basis, windows=(32,))
+    t32 = one.transform(v[1000:], n[1000:], one.new_window())[:, col]
+    assert abs(np.nanmean(t32)) < 0.2 and 0.8 < np.nanstd(t32) < 1.25
+
+
+def test_shift_null_moments_isotropic():
+    rng = np.random.default_rng(2)
+    u = rng.normal(size=(4000, 50))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    c, tau2 = shift_null_moments(u)
+    assert abs(c) < 2e-3 and tau2 == pytest.approx(1 / 50, rel=0.1)
+    with pytest.raises(ValueError):
+        shift_null_moments(u[:3])
 
 
 def test_shift_reacts_to_a_small_mean_shift():
     rng = np.random.default_rng(5)
     c = centres(5)
     v, n = sample(rng, c, range(6), 4000)
-    basis = fit_basis(v[:1000], n[:1000], n_whiten=8, window=32)
+    ref, _ = learn_reference(v[:1000], n[:1000], n_whiten=8, windows=(16, 32))
+    basis = ref.basis
     col = basis.names.index("shift")
     bias = rng.normal(size=v.shape[1]) * 0.25  # small next to the clusters spread (noise sd 1)
     v2, n2 = sample(rng, c, range(6), 3000, bias=bias)
     win = basis.new_window()
     before = basis.transform(v[1000:], n[1000:], win)[:, col]
     after = basis.transform(v2, n2, win)[:, col]
-    assert np.nanmean(after[100:]) > np.nanmean(before) + 1.0
+    assert np.nanmean(after[100:]) > np.nanmean(before) + 3.0
+    assert np.nanmax(before) < 6.0 < np.nanmedian(after[40:])
 
 
 def test_dimension_and_shape_errors():
