@@ -22,7 +22,9 @@ d) **event -> searchable latency** p50/p95/p99 while producing at ``--latency-fr
    ``event_time`` is the wall clock when it was produced; latency = the chunk row's
    ``indexed_time_ms`` - event_time (``indexed_time_ms`` is stamped just before the store
    write). These are fresh texts from the same seeded distribution: the worker caches chunk
-   vectors, so re-sending the saturation texts would not exercise the encoder. ``done_*`` percentiles use the end of the event's batch instead (store write and
+   vectors, so re-sending the saturation texts would not exercise the encoder. Two samples of
+   this heavy-tailed length mix differ (600 documents: 187 tokens mean; 2000: ~205), so the rate
+   is scaled by saturation-texts tokens / latency-texts tokens per document. ``done_*`` percentiles use the end of the event's batch instead (store write and
    Kafka ack included): an upper bound of "searchable";
 e) **worker peak RSS** (``VmHWM`` of the worker process, read before it is stopped);
 f) **encoder vs sentence-transformers** (PyTorch, CPU) on the same chunk texts, same thread
@@ -688,18 +690,27 @@ class Bench:
         say(f"[bench] pipeline at saturation: {pipe['events_per_s']:.1f} events/s ({pipe['method']})")
 
         # --- d) latency at a fraction of the saturated rate ---------------------------
-        rate = cfg.latency_rate or max(1.0, cfg.latency_fraction * pipe["events_per_s"])
-        n_lat = int(rate * cfg.latency_duration_s) + 10
         # fresh texts from the same distribution: repeating the saturation texts would only
-        # measure the worker's embedding cache (vectors are reused for identical chunks)
-        lat_docs = benchmark_documents(n_lat, seed=cfg.seed + 1)
+        # measure the worker's embedding cache (vectors are reused for identical chunks). Samples
+        # of this heavy-tailed length mix differ: the rate is scaled by the saturation texts'
+        # tokens per document over these texts', so "50 %" is 50 % of the capacity for these texts.
+        pool = benchmark_documents(2 * int(cfg.latency_fraction * pipe["events_per_s"] * cfg.latency_duration_s) + 200,
+                                   seed=cfg.seed + 1)
+        pool_tokens = statistics.mean(len(t) for t in encoder.token_ids([d.text for d in pool]))
+        cost_scale = R["texts"]["mean_tokens"] / pool_tokens
+        rate = cfg.latency_rate or max(1.0, cfg.latency_fraction * pipe["events_per_s"] * cost_scale)
+        n_lat = int(rate * cfg.latency_duration_s) + 10
+        lat_docs = pool[:n_lat] if n_lat <= len(pool) else benchmark_documents(n_lat, seed=cfg.seed + 1)
         lat_changes = (Change("new", f"lat-{run_tag}-{i:05d}", "UPSERT", 1, d.text, {"title": d.title, "topic": d.topic},
                               f"bench-lat-{i}") for i, d in enumerate(lat_docs))
         producer = make_producer(s.kafka_config(), {"linger.ms": 0})
         # a long-lived producer is connected and knows the topic's leaders: do that before the
         # clock starts, or the first events' latency includes the producer's own start-up
         producer.list_topics(s.changes_topic, timeout=30)
-        say(f"[bench] latency phase: {rate:.1f} events/s for {cfg.latency_duration_s:.0f}s")
+        say(f"[bench] latency phase: {rate:.1f} events/s for {cfg.latency_duration_s:.0f}s"
+            + ("" if cfg.latency_rate else f" ({cfg.latency_fraction:g} x {pipe['events_per_s']:.1f} saturated x "
+                                           f"{cost_scale:.3f}: these texts average {pool_tokens:.1f} tokens, the "
+                                           f"saturation texts {R['texts']['mean_tokens']})"))
         n_batches_before = len(batches)
         t_phase0 = time.time() * 1000
         spy = self._start_profile(workdir) if cfg.profile and cfg.profile_phase == "latency" else None
@@ -725,6 +736,10 @@ class Bench:
                     done.append(ends[i] - et)
         R["latency"] = {
             "target_rate_eps": round(rate, 2), "achieved_rate_eps": round(st.rate, 2), "duration_s": round(st.elapsed, 2),
+            "rate_basis": None if cfg.latency_rate else {
+                "saturated_eps": round(pipe["events_per_s"], 2), "fraction": cfg.latency_fraction,
+                "saturation_mean_tokens": R["texts"]["mean_tokens"], "latency_pool_mean_tokens": round(pool_tokens, 1),
+                "cost_scale": round(cost_scale, 3)},
             "events": st.sent, "measured": len(lat), "texts_seed": cfg.seed + 1,
             "mean_tokens": round(statistics.mean(len(t) for t in encoder.token_ids(
                 [d.text for d in lat_docs[:st.sent]])), 1) if st.sent else None,
@@ -1056,7 +1071,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--docs", type=int, help="number of benchmark texts (default 600; quick 60)")
     p.add_argument("--seed", type=int, help="text seed (default 20240601)")
     p.add_argument("--latency-duration", type=float, help="seconds of the latency phase (default 40; quick 8)")
-    p.add_argument("--latency-fraction", type=float, help="latency phase rate as a fraction of saturation (0.5)")
+    p.add_argument("--latency-fraction", type=float, help="latency phase rate as a fraction of saturation (0.5), scaled by the two text samples' tokens per document")
     p.add_argument("--latency-rate", type=float, help="fixed latency-phase rate in events/s (overrides the fraction)")
     p.add_argument("--encoder-runs", type=int, help="encoder-alone measurements, first before the pipeline (2)")
     p.add_argument("--threads", type=int, help="encoder threads for bench and worker (default: all cores)")
