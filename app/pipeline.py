@@ -15,6 +15,10 @@ redelivery converges to the same state):
    deleted documents;
 3. write the document states (version, content hash, fingerprint, chunk count,
    deleted flag) - last, so a state never claims work that is not in the store.
+
+Stores that offer ``write_chunks`` (LanceDB) do 1 and 2 in one table version. ``process`` is
+``commit(prepare(records))``; the worker runs ``prepare`` of batch N+1 (decode, plan, encode)
+while ``commit`` of batch N writes.
 """
 from __future__ import annotations
 
