@@ -291,6 +291,7 @@ def test_fingerprints_are_isolated(store_factory):
     assert b.search(unit_vectors(1, DIM)[0], k=5) == []
 
 
+@pytest.mark.filterwarnings("ignore:optimize\\(cleanup_older_than=0\\):UserWarning")  # on purpose here
 def test_optimize_compacts_and_drops_old_versions(store_factory, tmp_path):
     """LanceDB: optimize() keeps the data and removes versions older than its window."""
     store = store_factory(FP, DIM)
