@@ -42,6 +42,7 @@ from .alert import AlertKind, DriftAlert, PartitionRange, Severity, SignalStats,
 from .detectors import Alarm, DetectorBank, DetectorSpec
 from .reference import (MonitorKey, Reference, StateVersionError, learn_reference, read_state, state_path,
                         write_state)
+from .signals import SHIFT_POWER, SHIFT_WINDOWS
 
 __all__ = ["DriftConfig", "DriftMonitor", "DEFAULT_DETECTORS", "DEFAULT_BLOCK", "ONE_SIDED"]
 
@@ -80,9 +81,9 @@ class DriftConfig:
     n_axes: int = 2
     n_whiten: int = 32
     n_clusters: int = 8
-    shift_windows: tuple[int, ...] = (32, 48, 72, 108, 162)
+    shift_windows: tuple[int, ...] = SHIFT_WINDOWS
     shift_shrink: float = 0.01
-    shift_power: float = 1.5
+    shift_power: float = SHIFT_POWER
     shift_threshold: float = DEFAULT_SHIFT_THRESHOLD
     seed: int = 0
     block: int = DEFAULT_BLOCK

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .signals import ShiftScan, SignalBasis, fit_basis, shift_null_moments
+from .signals import SHIFT_POWER, SHIFT_WINDOWS, ShiftScan, SignalBasis, fit_basis, shift_null_moments
 
 __all__ = ["MonitorKey", "Reference", "StateVersionError", "learn_reference", "state_path", "write_state",
            "read_state"]
@@ -127,9 +127,9 @@ def learn_reference(
     n_axes: int = 2,
     n_whiten: int = 32,
     n_clusters: int = 8,
-    windows: tuple[int, ...] = (32, 48, 72, 108, 162),
+    windows: tuple[int, ...] = SHIFT_WINDOWS,
     shrink: float = 0.01,
-    power: float = 1.5,
+    power: float = SHIFT_POWER,
     seed: int = 0,
 ) -> tuple[Reference, np.ndarray]:
     """Learn a :class:`Reference` from warm-up vectors.

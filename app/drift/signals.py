@@ -42,7 +42,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SignalBasis", "ShiftScan", "ShiftWindow", "fit_basis", "spherical_kmeans", "shift_null_moments"]
+__all__ = ["SHIFT_POWER", "SHIFT_WINDOWS", "SignalBasis", "ShiftScan", "fit_basis", "spherical_kmeans",
+           "shift_null_moments"]
+
+#: window lengths the ``shift`` scan uses, and the power of its tail weighting (DRIFT.md section 2)
+SHIFT_WINDOWS: tuple[int, ...] = (32, 48, 72, 108, 162)
+SHIFT_POWER = 1.5
 
 
 def _as_matrix(vectors: np.ndarray) -> np.ndarray:
@@ -164,8 +169,6 @@ class ShiftScan:
         self.rows = z[-self.window :].copy() if self.window else z[:0].copy()
         return out
 
-
-ShiftWindow = ShiftScan  # former name
 
 
 @dataclass(frozen=True, eq=False)
@@ -332,9 +335,9 @@ def fit_basis(
     n_axes: int = 2,
     n_whiten: int = 32,
     n_clusters: int = 8,
-    windows: tuple[int, ...] = (32, 48, 72, 108, 162),
+    windows: tuple[int, ...] = SHIFT_WINDOWS,
     shrink: float = 0.01,
-    power: float = 1.5,
+    power: float = SHIFT_POWER,
     seed: int = 0,
 ) -> SignalBasis:
     """Fit a :class:`SignalBasis` on reference vectors (n, d); ``norms`` enables ``lognorm``.
