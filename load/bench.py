@@ -58,6 +58,8 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from load.procs import stop_process
+
 REPO = Path(__file__).resolve().parent.parent
 
 TARGETS = {
@@ -797,12 +799,7 @@ class Bench:
                                 stdout=subprocess.DEVNULL, stderr=open(workdir / "py-spy.log", "ab"))
 
     def _stop_profile(self, spy, workdir: Path) -> dict:
-        spy.send_signal(signal.SIGINT)
-        try:
-            spy.wait(30)
-        except subprocess.TimeoutExpired:
-            spy.kill()
-            spy.wait()
+        stop_process(spy, signal.SIGINT, 30)
         try:
             raw = self._spy_raw.read_text()
         except OSError as exc:
@@ -812,14 +809,8 @@ class Bench:
         return {"file": self.cfg.profile, "rate_hz": 50, "threads": summarize_profile(raw, 50)}
 
     def _stop_worker(self) -> None:
-        w = self.worker
-        if w is not None and w.poll() is None:
-            w.send_signal(signal.SIGTERM)
-            try:
-                w.wait(45)
-            except subprocess.TimeoutExpired:
-                w.kill()
-                w.wait()
+        if self.worker is not None:
+            stop_process(self.worker, signal.SIGTERM, 45)
 
     def _targets(self) -> dict:
         R = self.result

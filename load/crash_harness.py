@@ -68,6 +68,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
+from load.procs import stop_process
+
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO / "app" / "data" / "sample_corpus.jsonl"
 BASE_TIME_MS = 1_700_000_000_000
@@ -422,14 +424,8 @@ class WorkerProc:
         return self.ready()
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 60) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                return -999  # did not exit in time
+        if not stop_process(self.proc, sig, timeout):
+            return -999  # did not exit in time
         return self.proc.returncode
 
 

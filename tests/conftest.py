@@ -14,6 +14,7 @@ import pytest
 
 from app.broker import EmbeddedBroker
 from app.config import Settings
+from load.procs import stop_process
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -95,13 +96,7 @@ class WorkerProcess:
     def stop(self, sig=signal.SIGTERM, timeout: float = 45) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, sig, timeout)
         return self.proc.returncode
 
 
