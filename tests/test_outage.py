@@ -112,18 +112,24 @@ def words(i: int, n: int = 12) -> str:
     return " ".join(vocab[(i * 7 + j) % len(vocab)] for j in range(n)) + f" {i}"
 
 
+def written_before_outage(settings, stream: Stream, encoder, n: int):
+    """``n`` documents produced, stored and committed; returns (store, committed end offsets)."""
+    for i in range(n):
+        stream.upsert(f"pre-{i}", 1, words(i))
+    ends = stream.flush()
+    store = open_store(settings, encoder)
+    wait_for(lambda: store.count_documents() == n, 90, what=f"{n} documents before the outage")
+    wait_for(lambda: committed(settings, ends) == ends, 30, what="offsets committed before the outage")
+    return store, ends
+
+
 def test_store_outage_is_retried_without_committing_and_nothing_is_lost(settings, worker_factory, producer, encoder):
     worker = worker_factory(settings)
     stream = Stream(producer, settings)
     lance_dir = Path(settings.data_dir) / "lancedb"
 
     # 1. before the outage: 10 documents written and committed
-    for i in range(10):
-        stream.upsert(f"pre-{i}", 1, words(i))
-    ends_before = stream.flush()
-    store = open_store(settings, encoder)
-    wait_for(lambda: store.count_documents() == 10, 90, what="10 documents before the outage")
-    wait_for(lambda: committed(settings, ends_before) == ends_before, 30, what="offsets committed before the outage")
+    store, ends_before = written_before_outage(settings, stream, encoder, 10)
     assert "retrying" not in worker.log()
 
     # 2. the outage: a file where the LanceDB directory was
@@ -168,12 +174,7 @@ def test_sigterm_during_a_store_outage_stops_the_worker_without_committing(setti
     worker = worker_factory(settings)
     stream = Stream(producer, settings)
     lance_dir = Path(settings.data_dir) / "lancedb"
-    for i in range(4):
-        stream.upsert(f"pre-{i}", 1, words(i))
-    ends_before = stream.flush()
-    store = open_store(settings, encoder)
-    wait_for(lambda: store.count_documents() == 4, 90, what="4 documents before the outage")
-    wait_for(lambda: committed(settings, ends_before) == ends_before, 30, what="offsets committed before the outage")
+    _, ends_before = written_before_outage(settings, stream, encoder, 4)
 
     with lancedb_outage(lance_dir):
         for i in range(4, 8):
