@@ -696,13 +696,15 @@ class Bench:
         # measure the worker's embedding cache (vectors are reused for identical chunks). Samples
         # of this heavy-tailed length mix differ: the rate is scaled by the saturation texts'
         # tokens per document over these texts', so "50 %" is 50 % of the capacity for these texts.
-        pool = benchmark_documents(2 * int(cfg.latency_fraction * pipe["events_per_s"] * cfg.latency_duration_s) + 200,
-                                   seed=cfg.seed + 1)
-        pool_tokens = statistics.mean(len(t) for t in encoder.token_ids([d.text for d in pool]))
-        cost_scale = R["texts"]["mean_tokens"] / pool_tokens
-        rate = cfg.latency_rate or max(1.0, cfg.latency_fraction * pipe["events_per_s"] * cost_scale)
-        n_lat = int(rate * cfg.latency_duration_s) + 10
-        lat_docs = pool[:n_lat] if n_lat <= len(pool) else benchmark_documents(n_lat, seed=cfg.seed + 1)
+        rate = cfg.latency_rate or cfg.latency_fraction * pipe["events_per_s"]
+        # twice the texts the unscaled rate needs: room for a scale up to 2
+        pool = benchmark_documents(2 * int(rate * cfg.latency_duration_s) + 200, seed=cfg.seed + 1)
+        pool_tokens = [len(t) for t in encoder.token_ids([d.text for d in pool])]
+        cost_scale = R["texts"]["mean_tokens"] / statistics.mean(pool_tokens)
+        if not cfg.latency_rate:
+            rate = max(1.0, rate * cost_scale)
+        n_lat = min(len(pool), int(rate * cfg.latency_duration_s) + 10)
+        lat_docs = pool[:n_lat]
         lat_changes = (Change("new", f"lat-{run_tag}-{i:05d}", "UPSERT", 1, d.text, {"title": d.title, "topic": d.topic},
                               f"bench-lat-{i}") for i, d in enumerate(lat_docs))
         producer = make_producer(s.kafka_config(), {"linger.ms": 0})
@@ -711,7 +713,7 @@ class Bench:
         producer.list_topics(s.changes_topic, timeout=30)
         say(f"[bench] latency phase: {rate:.1f} events/s for {cfg.latency_duration_s:.0f}s"
             + ("" if cfg.latency_rate else f" ({cfg.latency_fraction:g} x {pipe['events_per_s']:.1f} saturated x "
-                                           f"{cost_scale:.3f}: these texts average {pool_tokens:.1f} tokens, the "
+                                           f"{cost_scale:.3f}: these texts average {statistics.mean(pool_tokens):.1f} tokens, the "
                                            f"saturation texts {R['texts']['mean_tokens']})"))
         n_batches_before = len(batches)
         t_phase0 = time.time() * 1000
@@ -740,11 +742,10 @@ class Bench:
             "target_rate_eps": round(rate, 2), "achieved_rate_eps": round(st.rate, 2), "duration_s": round(st.elapsed, 2),
             "rate_basis": None if cfg.latency_rate else {
                 "saturated_eps": round(pipe["events_per_s"], 2), "fraction": cfg.latency_fraction,
-                "saturation_mean_tokens": R["texts"]["mean_tokens"], "latency_pool_mean_tokens": round(pool_tokens, 1),
+                "saturation_mean_tokens": R["texts"]["mean_tokens"], "latency_pool_mean_tokens": round(statistics.mean(pool_tokens), 1),
                 "cost_scale": round(cost_scale, 3)},
             "events": st.sent, "measured": len(lat), "texts_seed": cfg.seed + 1,
-            "mean_tokens": round(statistics.mean(len(t) for t in encoder.token_ids(
-                [d.text for d in lat_docs[:st.sent]])), 1) if st.sent else None,
+            "mean_tokens": round(statistics.mean(pool_tokens[:st.sent]), 1) if st.sent else None,
             "p50_ms": _pct(lat, 50), "p95_ms": _pct(lat, 95), "p99_ms": _pct(lat, 99),
             "mean_ms": statistics.mean(lat) if lat else float("nan"), "max_ms": max(lat) if lat else float("nan"),
             "done_p50_ms": _pct(done, 50), "done_p95_ms": _pct(done, 95), "done_p99_ms": _pct(done, 99),
@@ -932,10 +933,11 @@ def encoder_variants(docs: int = 300, reps: int = 3, seed: int = 20240601, log=p
 
 def store_growth(batches: int = 1000, batch_docs: int = 10, optimize_every: int = 0, report_every: int | None = None,
                  log=print) -> list[dict]:
-    """The per-batch cost of the worker's LanceDB calls (get_states, upsert_chunks,
-    delete_chunks_many, put_states - what ``Processor`` does per micro-batch) as the table
-    grows by ``batch_docs`` one-chunk documents per batch; ``optimize_every`` N batches runs
-    ``LanceDBStore.optimize()`` (the worker never does today). Random vectors, no Kafka."""
+    """The per-batch cost of the worker's LanceDB calls (get_states, write_chunks = chunk upsert
+    plus leftover deletes in one version, put_states - what ``Processor`` does per micro-batch,
+    on a store opened as the worker opens it) as the table grows by ``batch_docs`` one-chunk
+    documents per batch; every ``optimize_every`` batches runs ``LanceDBStore.optimize()`` (the
+    worker: ``EMBEDSTREAM_STORE_OPTIMIZE_EVERY``, default 50). Random vectors, no Kafka."""
     import numpy as np
 
     from app.store.base import ChunkRecord, DocState
@@ -947,7 +949,7 @@ def store_growth(batches: int = 1000, batch_docs: int = 10, optimize_every: int 
     report_every = report_every or max(1, min(250, batches // 5))
     out, window = [], []
     try:
-        st = LanceDBStore(workdir, fp, 384)
+        st = LanceDBStore(workdir, fp, 384, sole_writer=True)
         for k in range(batches):
             ids = [f"doc-{k}-{i}" for i in range(batch_docs)]
             now = int(time.time() * 1000)
@@ -960,11 +962,8 @@ def store_growth(batches: int = 1000, batch_docs: int = 10, optimize_every: int 
                                   vector=rng.standard_normal(384).astype(np.float32), metadata={"k": "v"})
                       for x in ids]
             t0 = time.perf_counter()
-            st.upsert_chunks(chunks)
-            t["upsert_chunks"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            st.delete_chunks_many([(x, 1) for x in ids])
-            t["delete_chunks"] = time.perf_counter() - t0
+            st.write_chunks(chunks, [(x, 1) for x in ids])
+            t["write_chunks"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             st.put_states([DocState(x, 1, "h", fp, 1, False, now, now) for x in ids])
             t["put_states"] = time.perf_counter() - t0
