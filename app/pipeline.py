@@ -159,7 +159,8 @@ class Processor:
         A caller may prepare batch N+1 (in another thread) while batch N is being committed: the
         encoder then never waits for the store. If batch N+1 has a document that batch N is still
         writing, this waits until N's commit is over, so N+1 always plans against the state N left.
-        Every prepared batch must be committed or :meth:`abandon`-ed.
+        A prepared batch holds its documents until it is committed (the worker drops one only
+        when it stops).
         """
         res = BatchResult(records=len(records))
         t0 = time.perf_counter()
@@ -228,10 +229,10 @@ class Processor:
             prepared.result.store_s = time.perf_counter() - t2
             return prepared.result
         finally:
-            self.abandon(prepared)
+            self._release(prepared)
 
-    def abandon(self, prepared: Prepared) -> None:
-        """Forget a prepared batch that will not be committed (e.g. shutting down)."""
+    def _release(self, prepared: Prepared) -> None:
+        """The batch's documents may be planned again (its commit is over, written or not)."""
         with self._writing_cond:
             self._writing.difference_update(w.plan.doc_id for w in prepared.work)
             self._writing_cond.notify_all()

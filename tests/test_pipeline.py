@@ -249,3 +249,23 @@ def test_store_is_compacted_every_n_batches(codec, store, encoder):
     for i in range(7):
         p.process([rec(codec, f"d{i}", 1, f"text {i}")])
     assert len(calls) == 2 and store.count_documents() == 7
+
+
+def test_a_batch_sharing_a_document_with_an_uncommitted_one_waits_for_its_write(proc, codec, store):
+    """prepare(N+1) runs while N is being written: for a shared document it must wait for N's
+    commit and then plan against N's state (v2 -> a stale v1 is recognised as stale)."""
+    import threading
+
+    first = proc.prepare([rec(codec, "shared", 2, "version two"), rec(codec, "other", 1, "x")])
+    done: dict = {}
+    t = threading.Thread(target=lambda: done.setdefault("res", proc.prepare([rec(codec, "shared", 1, "old")])))
+    t.start()
+    t.join(1.0)
+    assert t.is_alive(), "the second batch planned before the first one's write"
+    unrelated = proc.prepare([rec(codec, "unrelated", 1, "y")])  # no shared document: no wait
+    proc.commit(first)
+    t.join(30)
+    assert not t.is_alive()
+    assert proc.commit(done["res"]).counts["stale"] == 1
+    assert proc.commit(unrelated).counts["written"] == 1
+    assert store.get_states(["shared"])["shared"].version == 2
