@@ -429,6 +429,36 @@ class WorkerProc:
         return self.proc.returncode
 
 
+def produce_events(bootstrap: str, topic: str, stream, rate: float, errors: list[str],
+                   flush_timeout: float = 120) -> float:
+    """Produce the generated events at ``rate``/s (idempotent producer), recording each one's
+    partition and offset on delivery; failures go to ``errors``. Returns the seconds it took."""
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    t0 = time.monotonic()
+    for i, g in enumerate(stream):
+        def cb(err, msg, g=g):
+            if err is not None:
+                errors.append(f"event {g.idx}: {err}")
+            else:
+                g.partition, g.offset = msg.partition(), msg.offset()
+        while True:
+            try:
+                p.produce(topic, key=g.key, value=g.value, on_delivery=cb)
+                break
+            except BufferError:
+                p.poll(0.05)
+        p.poll(0)
+        ahead = (i + 1) / rate - (time.monotonic() - t0)
+        if ahead > 0:
+            time.sleep(ahead)
+    left = p.flush(flush_timeout)
+    if left:
+        errors.append(f"{left} events not delivered")
+    return time.monotonic() - t0
+
+
 class Offsets:
     """The consumer group's committed offsets (a Consumer that never joins the group)."""
 
@@ -542,8 +572,6 @@ def run_crash_harness(settings, *, events: int, kills: int, seed: int = 1, docs:
                       progress_timeout_s: float = 60.0, drain_timeout_s: float | None = None,
                       echo: Callable[[str], None] = print) -> Report:
     """Run the crash scenario against ``settings`` (topics must exist). See the module docstring."""
-    from confluent_kafka import Producer
-
     from app.chunking import Chunker
 
     t_start = time.monotonic()
@@ -570,29 +598,7 @@ def run_crash_harness(settings, *, events: int, kills: int, seed: int = 1, docs:
     produced = threading.Event()
 
     def produce() -> None:
-        p = Producer({"bootstrap.servers": settings.bootstrap_servers, "enable.idempotence": True,
-                      "linger.ms": 5})
-        t0 = time.monotonic()
-        for i, g in enumerate(stream):
-            def cb(err, msg, g=g):
-                if err is not None:
-                    errors.append(f"event {g.idx}: {err}")
-                else:
-                    g.partition, g.offset = msg.partition(), msg.offset()
-            while True:
-                try:
-                    p.produce(settings.changes_topic, key=g.key, value=g.value, on_delivery=cb)
-                    break
-                except BufferError:
-                    p.poll(0.05)
-            p.poll(0)
-            ahead = (i + 1) / rate - (time.monotonic() - t0)
-            if ahead > 0:
-                time.sleep(ahead)
-        left = p.flush(120)
-        if left:
-            errors.append(f"{left} events not delivered")
-        report.produce_s = time.monotonic() - t0
+        report.produce_s = produce_events(settings.bootstrap_servers, settings.changes_topic, stream, rate, errors)
         produced.set()
 
     incarnation = [0]

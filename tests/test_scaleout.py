@@ -33,15 +33,13 @@ import threading
 import pytest
 import time
 
-from confluent_kafka import Producer
-
 from app.chunking import Chunker
 from conftest import REPO, wait_for
 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 from load.crash_harness import (Offsets, check_vectors, compare, expected_state, generate_events,  # noqa: E402
-                                open_store, snapshot)
+                                open_store, produce_events, snapshot)
 
 WEIGHTS = {"update": 30, "same": 8, "dup": 18, "stale": 12, "delete": 8, "junk": 1}
 
@@ -53,20 +51,7 @@ def test_two_workers_share_the_partitions_and_survive_losing_one(settings, worke
     errors: list[str] = []
 
     def produce(rate: float = 40.0):
-        p = Producer({"bootstrap.servers": settings.bootstrap_servers, "enable.idempotence": True,
-                      "linger.ms": 5})
-        t0 = time.monotonic()
-        for i, g in enumerate(stream):
-            def cb(err, msg, g=g):
-                if err is not None:
-                    errors.append(str(err))
-                else:
-                    g.partition, g.offset = msg.partition(), msg.offset()
-            p.produce(settings.changes_topic, key=g.key, value=g.value, on_delivery=cb)
-            p.poll(0)
-            time.sleep(max(0.0, (i + 1) / rate - (time.monotonic() - t0)))
-        if p.flush(30):
-            errors.append("not all delivered")
+        produce_events(settings.bootstrap_servers, settings.changes_topic, stream, rate, errors, flush_timeout=30)
 
     batches = lambda w: w.log().count("batch events=")
     a = worker_factory(settings)
