@@ -2,6 +2,7 @@
 and a worker running as a subprocess (as in production)."""
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -71,6 +72,18 @@ def settings_env(s: Settings) -> dict[str, str]:
               "weaviate_grpc_port", "collection_prefix", "metrics_port"):
         env["EMBEDSTREAM_" + f.upper()] = str(getattr(s, f))
     return env
+
+
+@pytest.fixture
+def env(settings, monkeypatch):
+    """The process environment holds exactly ``settings`` (for CLI commands run in-process); stdin
+    is not a terminal."""
+    for k in [k for k in os.environ if k.startswith("EMBEDSTREAM_")]:
+        monkeypatch.delenv(k)
+    for k, v in settings_env(settings).items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    return settings
 
 
 class WorkerProcess:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
-import sys
 from pathlib import Path
 
 import fastavro
@@ -19,17 +17,7 @@ from app.events import SCHEMA_DIR, SINGLE_OBJECT_MAGIC, ChangeEvent, EventCodec,
 from app.offsets import high_watermarks
 from app.pipeline import Processor
 from app.replay import Replayer, ReplayRange, open_target, read_dead_letters
-from conftest import consume_all, settings_env
-
-
-@pytest.fixture
-def env(settings, monkeypatch):
-    for k in [k for k in os.environ if k.startswith("EMBEDSTREAM_")]:
-        monkeypatch.delenv(k)
-    for k, v in settings_env(settings).items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-    return settings
+from conftest import consume_all
 
 
 @pytest.fixture

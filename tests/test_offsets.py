@@ -2,10 +2,7 @@
 offsets for a time, group activity, `offsets show` and `offsets reset`."""
 from __future__ import annotations
 
-import io
 import json
-import os
-import sys
 import time
 
 import pytest
@@ -13,19 +10,9 @@ from confluent_kafka import Consumer
 
 from app import offsets as o
 from app.cli import main
-from conftest import settings_env, wait_for
+from conftest import wait_for
 
 T0 = 1_672_531_200_000
-
-
-@pytest.fixture
-def env(settings, monkeypatch):
-    for k in [k for k in os.environ if k.startswith("EMBEDSTREAM_")]:
-        monkeypatch.delenv(k)
-    for k, v in settings_env(settings).items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # not a terminal
-    return settings
 
 
 def fill(producer, topic, per_partition: dict[int, int], batches: int = 3):
