@@ -874,40 +874,22 @@ def _versions(dists) -> dict[str, str]:
 
 def encoder_variants(docs: int = 300, reps: int = 3, seed: int = 20240601, log=print) -> dict:
     """Encoder-alone alternatives on the benchmark texts, interleaved ``reps`` times (noise hits
-    all alike): the current encoder, rows in parallel (one 1-thread session called from
-    ``cores`` Python threads; bit-identical vectors), spin-wait on, and int8 batched rows."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import numpy as np
-
+    all alike): the current encoder (int8 rows in parallel on 1-thread sessions, longest rows
+    first) and the same rows in sequence on one thread. (The former variants - one session with
+    all intra-op threads, spin-wait, int8 batched rows - cannot be built any more: an int8 CPU
+    encoder with more than one thread is the row-parallel one; BENCHMARKS.md keeps their figures.)"""
     from app.chunking import Chunker
     from app.encoder import Encoder
     from load.texts import benchmark_documents
 
     texts = [d.text for d in benchmark_documents(docs, seed=seed)]
-    cores = os.cpu_count() or 1
     current = Encoder.load("int8")
     single = Encoder.load("int8", threads=1)
-    spin = Encoder.load("int8", spin_wait=True)
-    batched = Encoder.load("int8")
-    batched.max_rows = None  # NOT deterministic per text (see app/encoder.py); measured for speed only
     ids = [c.token_ids for d in Chunker(current.tokenizer, 256, 32).chunk_many(texts) for c in d]
-    pool = ThreadPoolExecutor(cores)
-
-    def parallel_rows(rows):
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-        parts = [order[k::cores] for k in range(cores)]
-        futs = [pool.submit(single.encode_tokens, [rows[i] for i in part]) for part in parts]
-        out = np.empty((len(rows), single.dim), np.float32)
-        for part, f in zip(parts, futs):
-            out[part] = f.result()[0]
-        return out
 
     variants = {
-        "current: 1 row/call, 1 session x all intra-op threads": lambda: current.encode_tokens(ids)[0],
-        f"rows in parallel: 1-thread session x {cores} python threads": lambda: parallel_rows(ids),
-        "current + allow_spinning=1": lambda: spin.encode_tokens(ids)[0],
-        "int8 batched rows (token budget 8192)": lambda: batched.encode_tokens(ids)[0],
+        f"current: rows in parallel on {current.threads} threads, longest first": lambda: current.encode_tokens(ids)[0],
+        "rows in sequence, one 1-thread session": lambda: single.encode_tokens(ids)[0],
     }
     for fn in variants.values():
         fn()  # warm-up (also checks they run)
@@ -923,7 +905,6 @@ def encoder_variants(docs: int = 300, reps: int = 3, seed: int = 20240601, log=p
                                "min_cosine_to_current": cos})
             log(f"[encoder-variants] rep {rep} {name}: {len(texts) / el:.1f} docs/s, {1000 * cpu / len(texts):.1f} "
                 f"CPU ms/doc, min cosine to current {cos:.6f}")
-    pool.shutdown()
     return {"docs": docs, "chunks": len(ids), "reps": reps, "variants": {
         k: {"median_docs_per_s": statistics.median(r["docs_per_s"] for r in v),
             "median_cpu_ms_per_doc": statistics.median(r["cpu_ms_per_doc"] for r in v),
