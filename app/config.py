@@ -165,6 +165,10 @@ class Settings:
         new.validate()
         return new
 
+    def input_topics(self) -> list[str]:
+        """Every topic the worker consumes (today the changes topic; input mappings add more)."""
+        return [self.changes_topic]
+
     def kafka_config(self) -> dict[str, Any]:
         """librdkafka (confluent-kafka) connection settings."""
         if not self.bootstrap_servers:
