@@ -34,6 +34,9 @@ class Settings:
     alerts_topic: str = _s("embedstream.drift-alerts", "Topic drift alerts are published to.")
     dlq_topic: str = _s("embedstream.changes.dlq", "Dead-letter topic (original bytes + x-dlq-* headers).")
     schema_registry_url: str = _s("", "Confluent Schema Registry URL. Empty: Avro single-object encoding.")
+    broker_flavour: str = _s("auto", "Which broker the offsets tools talk to: auto (detect), kafka, or tansu (the "
+                                     "embedded dev broker, whose ListOffsets/offsets_for_times/DescribeGroups "
+                                     "need workarounds).", choices=("auto", "kafka", "tansu"))
     session_timeout_s: float = _s(6.0, "Consumer group session timeout (>= 6 s on real Kafka; short joins).")
     heartbeat_interval_s: float = _s(1.0, "Consumer heartbeat interval.")
     security_protocol: str = _s("PLAINTEXT", "Kafka security protocol.",

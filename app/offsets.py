@@ -6,7 +6,15 @@ Everything here reads with **manual assignment** (``assign()``, never ``subscrib
 live worker's group is never joined and its committed offsets never move (only
 :func:`reset_offsets` changes them, on purpose).
 
-**High-watermark (log end) per partition, measured from a fetch** (:func:`high_watermarks`).
+**Which broker?** (:func:`broker_flavour`). The workarounds below exist only for the Tansu
+development broker (``embedstream dev`` / ``make demo``). On Apache Kafka (and every broker that
+implements DescribeConfigs) ListOffsets, ``offsets_for_times`` and DescribeGroups are exact, so the
+workarounds are skipped there: the watermarks are ListOffsets' answer, the time lookup is
+``offsets_for_times``' answer, and a group's members are what DescribeGroups lists. Tansu is
+recognised by its cluster id (``tansu_cluster``) or by answering DescribeConfigs(BROKER) with no
+configs at all; ``EMBEDSTREAM_BROKER_FLAVOUR=kafka|tansu`` overrides the detection.
+
+**High-watermark (log end) per partition on Tansu, measured from a fetch** (:func:`high_watermarks`).
 ``ListOffsets(latest)`` (``get_watermark_offsets(cached=False)``) is wrong on the Tansu
 development broker: it answers the base offset of the last record batch + 1. Every fetch
 response, however, carries the partition's real high-watermark, on Tansu and on Kafka. So
@@ -19,7 +27,8 @@ EOF event's offset is the high-watermark of the fetch response. When no EOF come
 no fetch answered at all is the ``ListOffsets`` value returned, flagged ``list-offsets``.
 
 **Offsets for a time** (:func:`offsets_for_time`): Kafka semantics, the first offset whose
-record timestamp is >= the time (the high-watermark when there is none). Tansu's
+record timestamp is >= the time (the high-watermark when there is none): on Kafka exactly
+``offsets_for_times``' answer (-1 meaning the end). Tansu's
 ``offsets_for_times`` looks at the broker's write time per batch and answers 0 past the end,
 so its answer is only a starting hint: the record before the hint is read back, and while
 it is already at/after the time the start steps back (1, 2, 4, ... records, down to the
@@ -173,27 +182,72 @@ def select_partitions(all_partitions: list[int], wanted: list[int] | None) -> li
 
 
 # ----------------------------------------------------------------------------------------
+TANSU_CLUSTER_ID = "tansu_cluster"
+_FLAVOURS: dict[str, str] = {}
+
+
+def broker_flavour(settings: Settings, timeout: float = 10.0) -> str:
+    """``"kafka"`` (exact ListOffsets, offsets_for_times, DescribeGroups) or ``"tansu"`` (module doc).
+
+    Asked once per bootstrap address and cached. ``settings.broker_flavour`` other than ``auto``
+    decides without asking.
+    """
+    forced = getattr(settings, "broker_flavour", "auto")
+    if forced in ("kafka", "tansu"):
+        return forced
+    key = settings.bootstrap_servers
+    if key in _FLAVOURS:
+        return _FLAVOURS[key]
+    from confluent_kafka.admin import ConfigResource, ResourceType
+
+    admin = admin_client(settings)
+    md = admin.list_topics(timeout=timeout)
+    flavour = "kafka"
+    if (md.cluster_id or "").startswith(TANSU_CLUSTER_ID):
+        flavour = "tansu"
+    elif md.brokers:
+        try:
+            res = admin.describe_configs([ConfigResource(ResourceType.BROKER, str(next(iter(md.brokers))))],
+                                         request_timeout=timeout)
+            configs = next(iter(res.values())).result(timeout)
+            if not configs:
+                flavour = "tansu"
+        except Exception as exc:  # noqa: BLE001 - e.g. not authorised to describe: a real Kafka
+            log.debug("describe_configs(BROKER) failed (%s): treating the broker as Apache Kafka", exc)
+    _FLAVOURS[key] = flavour
+    return flavour
+
+
 @dataclass(frozen=True)
 class Watermark:
     low: int
     high: int
-    #: how ``high`` was obtained: ``fetch`` (EOF of a fetch), ``fetch-cached`` (watermark of
-    #: the latest fetch response) or ``list-offsets`` (ListOffsets only: wrong on Tansu)
+    #: how ``high`` was obtained: ``list-offsets`` (ListOffsets on Kafka: exact), ``fetch`` (EOF
+    #: of a fetch, Tansu), ``fetch-cached`` (watermark of the latest fetch response, Tansu) or
+    #: ``list-offsets-unverified`` (Tansu's ListOffsets, when no fetch answered: can be short)
     method: str
+
+    @property
+    def exact(self) -> bool:
+        return self.method != "list-offsets-unverified"
 
 
 def high_watermarks(settings: Settings, topic: str, partitions: list[int] | None = None,
                     timeout: float = 15.0) -> dict[int, Watermark]:
-    """Log start and end per partition, the end taken from fetch responses (module doc)."""
+    """Log start and end per partition: ListOffsets on Kafka; on Tansu the end is taken from
+    fetch responses (module doc)."""
     from confluent_kafka import KafkaError, TopicPartition
 
     parts = partitions if partitions is not None else topic_partitions(settings, topic)
+    kafka = broker_flavour(settings) == "kafka"
     c = reader_consumer(settings)
     try:
         listed: dict[int, tuple[int, int]] = {}
         for p in parts:
             lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout, cached=False)
             listed[p] = (max(lo, 0), max(hi, 0))
+        if kafka:
+            return {p: Watermark(lo, hi, "list-offsets") for p, (lo, hi) in listed.items()}
         c.assign([TopicPartition(topic, p, max(listed[p][0], listed[p][1] - 1)) for p in parts])
         eof: dict[int, int] = {}
         deadline = time.monotonic() + timeout
@@ -218,7 +272,7 @@ def high_watermarks(settings: Settings, topic: str, partitions: list[int] | None
             else:
                 log.warning("no fetch answered for %s[%d] within %.0fs: using ListOffsets (%d), which "
                             "can be wrong on Tansu", topic, p, timeout, listed[p][1])
-                out[p] = Watermark(lo, listed[p][1], "list-offsets")
+                out[p] = Watermark(lo, listed[p][1], "list-offsets-unverified")
         return out
     finally:
         c.close()
@@ -306,6 +360,9 @@ def group_activity(settings: Settings, group: str, topic: str | None = None, pro
         return GroupActivity(group, state, 0, False, f"state {state}")
     if state not in ACTIVE_STATES:
         return GroupActivity(group, state, 0, None, f"state {state} and no members: cannot tell whether it is active")
+    if broker_flavour(settings) == "kafka":
+        # Kafka lists every member; an active state without members is a transition: ask again
+        return GroupActivity(group, state, 0, None, f"state {state} and no members listed")
     note = f"state {state} but no members listed (Tansu's DescribeGroups lists none)"
     if not probe:
         return GroupActivity(group, state, 0, True, note)
@@ -371,6 +428,8 @@ def offsets_for_time(settings: Settings, topic: str, partitions: list[int], ts_m
     try:
         hints = {tp.partition: tp.offset for tp in
                  c.offsets_for_times([TopicPartition(topic, p, ts_ms) for p in partitions], timeout=timeout)}
+        if broker_flavour(settings) == "kafka":  # exact: -1 means no record at/after ts
+            return {p: (marks[p].high if hints.get(p, -1) < 0 else hints[p]) for p in partitions}
         out: dict[int, int] = {}
         for p in partitions:
             start = seek_start_for_time(c, topic, p, ts_ms, hints.get(p, -1), marks[p])

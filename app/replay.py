@@ -63,7 +63,7 @@ from typing import Callable, TextIO
 
 from app.config import ConfigError, Settings
 from app.deadletter import Record
-from app.offsets import (RangeReader, reader_consumer, format_ms, high_watermarks, seek_start_for_time,
+from app.offsets import (RangeReader, broker_flavour, reader_consumer, format_ms, high_watermarks, seek_start_for_time,
                          select_partitions, topic_partitions)
 
 log = logging.getLogger(__name__)
@@ -183,8 +183,13 @@ def plan_partitions(settings: Settings, topic: str, rng: ReplayRange) -> dict[in
         try:
             hints = {tp.partition: tp.offset for tp in
                      c.offsets_for_times([TopicPartition(topic, p, rng.from_ms) for p in parts], timeout=15)}
+            exact = broker_flavour(settings) == "kafka"  # offsets_for_times is exact there
             for p in parts:
-                starts[p] = seek_start_for_time(c, topic, p, rng.from_ms, hints.get(p, -1), marks[p])
+                hint = hints.get(p, -1)
+                if exact:
+                    starts[p] = marks[p].high if hint < 0 else hint
+                else:
+                    starts[p] = seek_start_for_time(c, topic, p, rng.from_ms, hint, marks[p])
         finally:
             c.close()
     for p in parts:
@@ -198,7 +203,7 @@ def plan_partitions(settings: Settings, topic: str, rng: ReplayRange) -> dict[in
         explicit = t if isinstance(t, int) else (t or {}).get(p)
         if explicit is not None:
             end, method = explicit, "offset"
-        elif marks[p].method == "list-offsets":
+        elif not marks[p].exact:
             end, method = None, "idle"  # no fetch answered: stop on end-of-partition + idle time
         else:
             end, method = marks[p].high, marks[p].method
@@ -667,7 +672,7 @@ def read_dead_letters(settings: Settings, topic: str | None = None, from_offsets
     marks = high_watermarks(settings, topic, parts)
     starts = {p: max(marks[p].low, from_offsets if isinstance(from_offsets, int) else
                      (from_offsets or {}).get(p, marks[p].low)) for p in parts}
-    ends = {p: (None if marks[p].method == "list-offsets" else marks[p].high) for p in parts}
+    ends = {p: (marks[p].high if marks[p].exact else None) for p in parts}
     out: list[DeadLetterView] = []
     c = reader_consumer(settings)
     try:

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real Tansu broker, the real ONNX encoders, per-test topics,
+"""Shared fixtures: the real brokers (Apache Kafka; Tansu for tests marked `tansu`), the real ONNX encoders, per-test topics,
 and a worker running as a subprocess (as in production)."""
 from __future__ import annotations
 
@@ -33,9 +33,47 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, what: str 
 
 
 @pytest.fixture(scope="session")
-def broker(tmp_path_factory):
+def kafka_broker(tmp_path_factory):
+    """Apache Kafka (load/servers/kafka.py), one per session: the broker the suite runs on."""
+    from load.servers.kafka import KafkaServer
+
+    k = KafkaServer(tmp_path_factory.mktemp("kafka"))
+    k.start()
+    print(f"\n[embedstream tests] Apache Kafka {k.version} on {k.bootstrap} (log {k.log_path})")
+    yield k
+    k.stop()
+
+
+@pytest.fixture(scope="session")
+def tansu_broker(tmp_path_factory):
+    """The embedded Tansu broker of `make demo` / `embedstream dev`, for tests marked ``tansu``."""
     with EmbeddedBroker(log_path=tmp_path_factory.mktemp("broker") / "broker.log") as b:
         yield b
+
+
+def both_brokers():
+    """``pytestmark = both_brokers()``: run a module's tests on Apache Kafka and on Tansu."""
+    return pytest.mark.parametrize("broker_kind", [pytest.param("kafka", id="kafka"),
+                                                   pytest.param("tansu", id="tansu", marks=pytest.mark.tansu)])
+
+
+@pytest.fixture
+def broker_kind():
+    """Overridden by ``both_brokers()``; "kafka" otherwise."""
+    return "kafka"
+
+
+@pytest.fixture
+def broker(request, broker_kind):
+    """The broker of this test: real Kafka, or the embedded Tansu for tests marked ``tansu``.
+    Both have ``.bootstrap``; ``broker.kind`` is "kafka" or "tansu"."""
+    if broker_kind == "tansu" or request.node.get_closest_marker("tansu") is not None:
+        b = request.getfixturevalue("tansu_broker")
+        b.kind = "tansu"
+    else:
+        b = request.getfixturevalue("kafka_broker")
+        b.kind = "kafka"
+    return b
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +98,9 @@ def settings(broker, tmp_path) -> Settings:
     tag = uuid.uuid4().hex[:8]
     s = Settings.load(env={}, bootstrap_servers=broker.bootstrap, data_dir=str(tmp_path / "data"),
                       app_id=f"es-test-{tag}", changes_topic=f"changes-{tag}", alerts_topic=f"alerts-{tag}",
-                      dlq_topic=f"dlq-{tag}", batch_max_wait_s=0.2, metrics_port=0)
+                      dlq_topic=f"dlq-{tag}", batch_max_wait_s=0.2, metrics_port=0,
+                      # short group timeouts keep joins and failovers quick in tests (>= 6 s: Kafka's minimum)
+                      session_timeout_s=6.0, heartbeat_interval_s=1.0)
     create_topics(s, replication_factor=1, echo=lambda m: None)
     return s
 
@@ -69,7 +109,8 @@ def settings_env(s: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDSTREAM_")}
     for f in ("bootstrap_servers", "data_dir", "app_id", "changes_topic", "alerts_topic", "dlq_topic",
               "batch_max_wait_s", "batch_max_events", "fetch_max_wait_ms", "store", "model_variant", "weaviate_url",
-              "weaviate_grpc_port", "collection_prefix", "metrics_port"):
+              "weaviate_grpc_port", "collection_prefix", "metrics_port", "session_timeout_s",
+              "heartbeat_interval_s"):
         env["EMBEDSTREAM_" + f.upper()] = str(getattr(s, f))
     return env
 

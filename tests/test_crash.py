@@ -25,13 +25,14 @@ from app.deadletter import Record
 from app.events import ChangeEvent, EventCodec, Op
 from app.pipeline import Backoff, Processor
 from app.store.lancedb import LanceDBStore
-from conftest import Crash, CrashingStore, REPO
+from conftest import Crash, CrashingStore, REPO, both_brokers
 
 if str(REPO) not in sys.path:  # load/ is not an installed package
     sys.path.insert(0, str(REPO))
 from load.crash_harness import run_crash_harness  # noqa: E402
 
 
+@both_brokers()
 def test_worker_survives_kill_9_and_sigterm(settings, encoder, tmp_path):
     report = run_crash_harness(settings, events=1500, kills=3, seed=7, docs=80, encoder=encoder,
                                log_dir=tmp_path / "logs", echo=print)
