@@ -9,10 +9,12 @@ BIN    := $(VENV)/bin
 export OPENBLAS_NUM_THREADS ?= 1
 STAMP  := $(VENV)/.installed-$(RUNTIME)
 
-.PHONY: demo test venv model model-check clean help
+.PHONY: demo test servers venv model model-check clean help
 help:
 	@echo "make demo   - run the main job on the embedded stack (Tansu broker + LanceDB + ONNX model)"
-	@echo "make test   - run the test suite (starts its own broker and servers on 127.0.0.1)"
+	@echo "make test   - run the test suite (installs, then starts, Apache Kafka, a schema registry and"
+	@echo "              Weaviate on 127.0.0.1; needs Java 17+, Maven and Go)"
+	@echo "make servers - only install those servers into ~/.cache/embedstream"
 	@echo "make model  - rebuild the committed ONNX artefacts (installs torch 2.13.0 CPU, optimum)"
 	@echo "variables: RUNTIME=cpu|gpu  PYTHON=$(PYTHON)"
 
@@ -29,7 +31,12 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/embedstream demo
 
-test: $(STAMP)
+# the real servers the tests start (Apache Kafka, the schema registry, Weaviate) are installed
+# into ~/.cache/embedstream first; a missing java/mvn/go is reported in one line each
+servers: $(STAMP)
+	@$(BIN)/python -m load.servers install
+
+test: servers
 	$(BIN)/python -m pytest
 
 model: $(STAMP)
