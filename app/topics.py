@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,35 @@ def existing_topics(settings: Settings, timeout: float = 10.0) -> dict[str, int]
     return {name: len(t.partitions) for name, t in md.topics.items() if t.error is None}
 
 
+#: librdkafka errors that mean "the broker cannot be reached now" (retried), not "refused"
+_UNREACHABLE = ("_TRANSPORT", "_TIMED_OUT", "_ALL_BROKERS_DOWN", "_RESOLVE", "_MSG_TIMED_OUT",
+                "LEADER_NOT_AVAILABLE", "BROKER_NOT_AVAILABLE", "NETWORK_EXCEPTION")
+
+
+def wait_for_broker(settings: Settings, max_wait_s: float | None = None, on_wait=None) -> dict[str, int]:
+    """:func:`existing_topics`, retried with backoff while the broker is unreachable (a restart or
+    failover is transient: the worker waits, not-ready, instead of crashing). Other errors (e.g.
+    authentication) raise at once. ``max_wait_s`` None: wait as long as it takes."""
+    from confluent_kafka import KafkaException
+
+    delay, waited = 0.5, 0.0
+    while True:
+        try:
+            return existing_topics(settings)
+        except KafkaException as exc:
+            err = exc.args[0]
+            name = err.name() if hasattr(err, "name") else str(err)
+            if name not in _UNREACHABLE or (max_wait_s is not None and waited >= max_wait_s):
+                raise
+            log.warning("Kafka at %s not reachable (%s); retrying in %.1fs", settings.bootstrap_servers,
+                        err.str() if hasattr(err, "str") else err, delay)
+            if on_wait is not None:
+                on_wait(err)
+            time.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 15.0)
+
+
 def create_topics(settings: Settings, replication_factor: int | None = None, timeout: float = 30.0,
                   echo=print) -> list[str]:
     """Create the topics that are missing; report ones whose partition count differs.
@@ -92,7 +122,7 @@ def create_topics(settings: Settings, replication_factor: int | None = None, tim
 def require_topics(settings: Settings, roles=("changes", "alerts", "dlq")) -> dict[str, int]:
     """Raise TopicsMissing (with the fix) unless every topic exists."""
     specs = [s for s in load_specs(settings) if s.role in roles]
-    have = existing_topics(settings)
+    have = wait_for_broker(settings)
     missing = [s.name for s in specs if s.name not in have]
     if missing:
         raise TopicsMissing(f"topic(s) missing on {settings.bootstrap_servers}: {', '.join(missing)}. "

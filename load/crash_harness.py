@@ -5,7 +5,11 @@ then check that the store converged to exactly the state the event log implies.
     python -m load.crash_harness --events 1500 --kills 3 --docs 80      # what tests/test_crash.py runs
     python -m load.crash_harness --bootstrap-servers HOST:PORT ...      # against a running broker
 
-The CLI starts its own embedded Tansu broker (``app.broker.EmbeddedBroker``), creates
+    python -m load.crash_harness --broker-kills 3 ...                   # also SIGKILL + restart Kafka
+    python -m load.crash_harness --broker tansu ...                     # on the embedded Tansu broker
+
+The CLI starts its own Apache Kafka (``load.servers.kafka.KafkaServer``; ``--broker tansu``: the
+embedded Tansu broker of ``embedstream dev``), creates
 unique topics with ``app.topics.create_topics`` and a fresh data directory. The worker is
 ``python -m app worker`` as a subprocess (as in production), configured through
 ``EMBEDSTREAM_*`` like ``tests/conftest.py`` does, writing LanceDB files.
@@ -384,7 +388,8 @@ def worker_env(settings, **extra) -> dict[str, str]:
     names = {f.name for f in fields(settings)}
     for f in ("bootstrap_servers", "data_dir", "app_id", "changes_topic", "alerts_topic", "dlq_topic",
               "batch_max_wait_s", "batch_max_events", "store", "model_variant", "weaviate_url",
-              "weaviate_grpc_port", "collection_prefix", "metrics_port"):
+              "weaviate_grpc_port", "collection_prefix", "metrics_port", "session_timeout_s",
+              "heartbeat_interval_s"):
         if f in names:
             env["EMBEDSTREAM_" + f.upper()] = str(getattr(settings, f))
     if "metrics_port" in names:
@@ -513,6 +518,11 @@ class Report:
     kinds: dict = field(default_factory=dict)
     kills: int = 0
     kills_mid_batch: int = 0
+    #: the broker SIGKILLed and restarted on its log dir (``broker_kills``)
+    broker_kills: int = 0
+    broker_downtime_s: float = 0.0
+    #: worker exits while the broker was down (or just back): fail-closed, restarted, not a failure
+    exits_in_broker_outage: list = field(default_factory=list)
     sigterm_exit_codes: list = field(default_factory=list)
     sigterm_committed_prefix_events: int = 0
     unexpected_exits: list = field(default_factory=list)
@@ -544,6 +554,9 @@ class Report:
             f"events {self.events} over {self.docs} docs {self.kinds}",
             f"kills (SIGKILL) {self.kills} ({self.kills_mid_batch} with a batch in flight), "
             f"SIGTERM exit codes {self.sigterm_exit_codes}, unexpected exits {self.unexpected_exits}",
+            f"broker kills (SIGKILL + restart on its log dir) {self.broker_kills}, "
+            f"broker down {self.broker_downtime_s:.0f}s in all, worker exits (restarted) during broker outages "
+            f"{self.exits_in_broker_outage}",
             f"batches logged {self.batches_logged}, store retries logged {self.retries_logged}",
             f"drained {self.drained} (produce {self.produce_s:.0f}s, drain {self.drain_s:.0f}s, "
             f"total {self.total_s:.0f}s)",
@@ -570,8 +583,14 @@ def run_crash_harness(settings, *, events: int, kills: int, seed: int = 1, docs:
                       verify_vectors: bool = True,
                       encoder=None, log_dir: Path | None = None, kill_delay_s: tuple[float, float] = (0.0, 2.5),
                       progress_timeout_s: float = 60.0, drain_timeout_s: float | None = None,
+                      broker=None, broker_kills: int = 0, broker_down_s: tuple[float, float] = (1.0, 6.0),
                       echo: Callable[[str], None] = print) -> Report:
-    """Run the crash scenario against ``settings`` (topics must exist). See the module docstring."""
+    """Run the crash scenario against ``settings`` (topics must exist). See the module docstring.
+
+    ``broker_kills`` (needs ``broker``, a :class:`load.servers.kafka.KafkaServer`): while the events
+    are produced, the broker is SIGKILLed that many times at random moments and restarted on the
+    same log dir after ``broker_down_s`` seconds; producer, worker and harness ride it out.
+    """
     from app.chunking import Chunker
 
     t_start = time.monotonic()
@@ -606,8 +625,53 @@ def run_crash_harness(settings, *, events: int, kills: int, seed: int = 1, docs:
     offsets = Offsets(settings.bootstrap_servers, settings.app_id, settings.changes_topic)
     committed_at_start: dict[int, int] = {}
 
+    def committed_or_none(parts) -> dict[int, int] | None:
+        """Committed offsets, or None while the broker cannot answer (a broker kill)."""
+        try:
+            return offsets.committed(parts)
+        except Exception as exc:  # noqa: BLE001 - KafkaException while the broker restarts
+            echo(f"[harness] committed offsets unavailable ({exc}); asking again")
+            return None
+
     def total_committed() -> int:
-        return sum(max(0, c) for c in offsets.committed(partitions).values())
+        while True:
+            c = committed_or_none(partitions)
+            if c is not None:
+                return sum(max(0, v) for v in c.values())
+            time.sleep(1.0)
+
+    outages: list[list[float]] = []  # [down at, back at (inf while down)], monotonic
+
+    def in_broker_outage(grace_s: float = 15.0) -> bool:
+        now = time.monotonic()
+        return any(a <= now <= b + grace_s for a, b in outages)
+
+    def restart_dead(w: WorkerProc) -> None:
+        """A worker that exited on its own: an outage exit, or a failure of the run."""
+        what = f"{w.log_path.name}: rc {w.proc.returncode}"
+        (report.exits_in_broker_outage if in_broker_outage() else report.unexpected_exits).append(what)
+        workers.append(start_worker())
+
+    def kill_broker_repeatedly() -> None:
+        # kill times spread over the produce phase; each kill at least 5 s after the broker is back
+        t0, produce_s = time.monotonic(), len(stream) / rate
+        at = sorted(rng.uniform(0.1, 0.8) * produce_s for _ in range(broker_kills))
+        for i, t in enumerate(at):
+            time.sleep(max(t - (time.monotonic() - t0), 5.0 if i else 0.0))
+            if produced.is_set():
+                echo(f"[harness] broker kill {i + 1}/{broker_kills} skipped: producing is over")
+                break
+            down = rng.uniform(*broker_down_s)
+            echo(f"[harness] broker kill {i + 1}/{broker_kills}: SIGKILL, restart in {down:.1f}s")
+            t_down = time.monotonic()
+            outages.append([t_down, float("inf")])
+            broker.kill()
+            time.sleep(down)
+            broker.start()
+            outages[-1][1] = time.monotonic()
+            report.broker_kills += 1
+            report.broker_downtime_s += time.monotonic() - t_down
+            echo(f"[harness] broker back after {time.monotonic() - t_down:.1f}s")
 
     def start_worker() -> WorkerProc:
         incarnation[0] += 1
@@ -620,6 +684,12 @@ def run_crash_harness(settings, *, events: int, kills: int, seed: int = 1, docs:
         workers.append(start_worker())
         producer_thread = threading.Thread(target=produce, name="producer", daemon=True)
         producer_thread.start()
+        broker_thread = None
+        if broker_kills:
+            if broker is None:
+                raise ValueError("broker_kills needs the broker (a load.servers.kafka.KafkaServer) to kill")
+            broker_thread = threading.Thread(target=kill_broker_repeatedly, name="broker-killer", daemon=True)
+            broker_thread.start()
 
         # -- the kill phase ---------------------------------------------------------------
         def caught_up() -> bool:
@@ -627,8 +697,8 @@ def run_crash_harness(settings, *, events: int, kills: int, seed: int = 1, docs:
             for g in stream:
                 if g.offset >= 0:
                     ends[g.partition] = max(ends.get(g.partition, 0), g.offset + 1)
-            committed = offsets.committed(ends) if ends else {}
-            return all(committed.get(p, -1) >= e for p, e in ends.items())
+            committed = committed_or_none(ends) if ends else {}
+            return committed is not None and all(committed.get(p, -1) >= e for p, e in ends.items())
 
         def wait_progress(w: WorkerProc) -> str:
             """Until this incarnation processed a batch (or has nothing left to process)."""
@@ -649,8 +719,7 @@ def run_crash_harness(settings, *, events: int, kills: int, seed: int = 1, docs:
             w = workers[-1]
             why = wait_progress(w)
             if why == "dead":
-                report.unexpected_exits.append(f"{w.log_path.name}: rc {w.proc.returncode}")
-                workers.append(start_worker())
+                restart_dead(w)
                 continue
             time.sleep(rng.uniform(*kill_delay_s))
             if k == sigterm_at:
@@ -658,7 +727,9 @@ def run_crash_harness(settings, *, events: int, kills: int, seed: int = 1, docs:
                 n_before = w.batches()
                 rc = w.stop(signal.SIGTERM, timeout=60)
                 report.sigterm_exit_codes.append(rc)
-                committed = offsets.committed(partitions)
+                committed = None
+                while committed is None:
+                    committed = committed_or_none(partitions)
                 # every event this incarnation logged as processed must be committed now
                 processed = sum(int(n) for n in re.findall(r"batch events=(\d+)", w.log()))
                 advance = sum(max(0, c) for c in committed.values()) - committed_at_start[incarnation[0]]
@@ -686,6 +757,8 @@ def run_crash_harness(settings, *, events: int, kills: int, seed: int = 1, docs:
 
         # -- drain --------------------------------------------------------------------------
         producer_thread.join()
+        if broker_thread is not None:
+            broker_thread.join()
         if errors:
             raise RuntimeError(f"producing failed: {errors[:5]}")
         ends: dict[int, int] = {}
@@ -696,13 +769,12 @@ def run_crash_harness(settings, *, events: int, kills: int, seed: int = 1, docs:
         deadline = time.monotonic() + drain_timeout_s
         committed = {}
         while time.monotonic() < deadline:
-            committed = offsets.committed(ends)
+            committed = committed_or_none(ends) or {}
             if all(committed.get(p, -1) >= e for p, e in ends.items()):
                 report.drained = True
                 break
             if not workers[-1].alive():
-                report.unexpected_exits.append(f"{workers[-1].log_path.name}: rc {workers[-1].proc.returncode}")
-                workers.append(start_worker())
+                restart_dead(workers[-1])
             time.sleep(1.0)
         report.drain_s = time.monotonic() - t_drain
         echo(f"[harness] drained={report.drained} in {report.drain_s:.0f}s: committed {committed}, ends {ends}")
@@ -776,7 +848,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=None, help="produce rate, events/s (default: spans the kills)")
     ap.add_argument("--no-sigterm", action="store_true", help="skip the mid-stream SIGTERM check")
     ap.add_argument("--no-vectors", action="store_true", help="skip re-encoding the live chunks")
-    ap.add_argument("--bootstrap-servers", default="", help="use this broker instead of an embedded one")
+    ap.add_argument("--broker", choices=("kafka", "tansu"), default="kafka",
+                    help="the broker to start: Apache Kafka (default; load/servers/kafka.py) or the embedded "
+                         "Tansu of `embedstream dev`")
+    ap.add_argument("--broker-kills", type=int, default=0,
+                    help="also SIGKILL the (Kafka) broker this many times while producing and restart it on "
+                         "its log dir")
+    ap.add_argument("--bootstrap-servers", default="", help="use this running broker instead of starting one")
     ap.add_argument("--data-dir", default="", help="LanceDB + logs (default: a new temporary directory)")
     ap.add_argument("--json", default="", help="also write the report as JSON to this file")
     args = ap.parse_args(argv)
@@ -788,20 +866,30 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="crash-harness-"))
     data_dir.mkdir(parents=True, exist_ok=True)
     broker = None
+    if args.broker_kills and (args.bootstrap_servers or args.broker != "kafka"):
+        ap.error("--broker-kills needs the harness's own Kafka (--broker kafka, no --bootstrap-servers)")
     if not args.bootstrap_servers:
-        broker = EmbeddedBroker(log_path=data_dir / "broker.log").start()
+        if args.broker == "kafka":
+            from load.servers.kafka import KafkaServer
+
+            broker = KafkaServer(data_dir / "kafka").start()
+            print(f"[harness] Apache Kafka {broker.version} on {broker.bootstrap} (log {broker.log_path})")
+        else:
+            broker = EmbeddedBroker(log_path=data_dir / "broker.log").start()
     try:
         tag = uuid.uuid4().hex[:8]
         over = dict(bootstrap_servers=args.bootstrap_servers or broker.bootstrap, data_dir=str(data_dir / "data"),
                     app_id=f"crash-{tag}", changes_topic=f"changes-{tag}", alerts_topic=f"alerts-{tag}",
-                    dlq_topic=f"dlq-{tag}", batch_max_wait_s=0.2)
+                    dlq_topic=f"dlq-{tag}", batch_max_wait_s=0.2,
+                    # a killed worker's partitions move after the session timeout: keep it short
+                    session_timeout_s=6.0, heartbeat_interval_s=1.0)
         if "metrics_port" in {f.name for f in fields(Settings)}:
             over["metrics_port"] = 0
         settings = Settings.load(env={}, **over)
         create_topics(settings, replication_factor=1, echo=lambda m: None)
         report = run_crash_harness(settings, events=args.events, kills=args.kills, seed=args.seed, docs=args.docs,
                                    rate=args.rate, sigterm=not args.no_sigterm, verify_vectors=not args.no_vectors,
-                                   log_dir=data_dir / "logs")
+                                   log_dir=data_dir / "logs", broker=broker, broker_kills=args.broker_kills)
     finally:
         if broker is not None:
             broker.stop()

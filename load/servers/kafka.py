@@ -52,6 +52,10 @@ SINGLE_NODE_SETTINGS = {
     # compaction runs soon enough for a test to see it (topics set their own segment.ms etc.)
     "log.cleaner.backoff.ms": "500",
     "log.retention.check.interval.ms": "1000",
+    # after a SIGKILL the restarted broker cannot register until the controller lets its old session
+    # expire (DUPLICATE_BROKER_REGISTRATION): a short broker session makes restarts take ~3 s, not ~12 s
+    "broker.heartbeat.interval.ms": "500",
+    "broker.session.timeout.ms": "2000",
 }
 
 
