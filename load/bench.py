@@ -4,7 +4,8 @@
     python -m load.bench --quick                           # smoke variant (< 90 s)
     python -m load.bench --baseline-python /work/buildvenv/bin/python --out results.json
 
-It starts an embedded Tansu broker (or uses ``--bootstrap-servers``), creates its own
+It starts Apache Kafka (``load.servers.kafka``; ``--broker tansu``: the embedded Tansu broker of
+``embedstream dev``), or uses ``--bootstrap-servers``, creates its own
 topics, runs the worker as a subprocess (``python -m app worker``, configured by
 ``EMBEDSTREAM_*`` variables, LanceDB in a temporary directory) and measures:
 
@@ -88,7 +89,8 @@ class BenchConfig:
     baseline_model: str | None = None
     worker_env: dict[str, str] = field(default_factory=dict)  # extra EMBEDSTREAM_* for the worker
     timeout_s: float = 600.0             # per waiting phase
-    bootstrap_servers: str = ""          # use this Kafka instead of starting an embedded broker
+    bootstrap_servers: str = ""          # use this Kafka instead of starting a broker
+    broker: str = "kafka"                # the broker to start: kafka (Apache Kafka) or tansu (embedded)
     profile: str | None = None           # py-spy raw profile of the worker -> file
     profile_phase: str = "saturation"    # ... during this phase: saturation or latency
     #: EXPERIMENT (not an app setting): run the worker with Faust's hard-coded consumer
@@ -420,9 +422,16 @@ class Bench:
         else:
             bootstrap = self.cfg.bootstrap_servers
             if not bootstrap:
-                from app.broker import EmbeddedBroker
+                if self.cfg.broker == "kafka":
+                    from load.servers.kafka import KafkaServer
 
-                self.broker = EmbeddedBroker(log_path=workdir / "broker.log").start()
+                    self.broker = KafkaServer(workdir / "kafka").start()
+                    self.say(f"[bench] Apache Kafka {self.broker.version} on {self.broker.bootstrap}")
+                else:
+                    from app.broker import EmbeddedBroker
+
+                    self.broker = EmbeddedBroker(log_path=workdir / "broker.log").start()
+                    self.say(f"[bench] embedded Tansu broker on {self.broker.bootstrap}")
                 bootstrap = self.broker.bootstrap
             s = Settings.load(env={}, bootstrap_servers=bootstrap, **over)
         create_topics(s, replication_factor=1, echo=lambda m: None)
@@ -1061,7 +1070,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead of the benchmark: per-batch LanceDB cost as the table grows (10 docs/batch)")
     p.add_argument("--optimize-every", type=int, default=0, metavar="N",
                    help="with --store-growth: LanceDBStore.optimize() every N batches (default never, as the worker)")
-    p.add_argument("--bootstrap-servers", help="use this Kafka (topics are created) instead of an embedded broker")
+    p.add_argument("--broker", choices=("kafka", "tansu"), help="the broker to start: Apache Kafka (default) or "
+                                                                 "the embedded Tansu of `embedstream dev`")
+    p.add_argument("--bootstrap-servers", help="use this Kafka (topics are created) instead of starting a broker")
     p.add_argument("--timeout", type=float, help="seconds to wait in each phase (default 600; quick 60)")
     p.add_argument("--keep-dir", action="store_true", help="keep the temporary directory (worker log, LanceDB)")
     return p
@@ -1090,7 +1101,7 @@ def main(argv: list[str] | None = None) -> int:
                       ("latency_fraction", "latency_fraction"), ("latency_rate", "latency_rate"), ("encoder_runs", "encoder_runs"),
                       ("threads", "threads"), ("baseline_python", "baseline_python"),
                       ("baseline_model", "baseline_model"), ("timeout", "timeout_s"),
-                      ("bootstrap_servers", "bootstrap_servers"), ("profile", "profile"), ("profile_phase", "profile_phase")):
+                      ("bootstrap_servers", "bootstrap_servers"), ("broker", "broker"), ("profile", "profile"), ("profile_phase", "profile_phase")):
         v = getattr(args, name)
         if v is not None:
             kw[key] = v
