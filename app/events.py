@@ -14,6 +14,11 @@ A record with a key and a null value (a tombstone) deletes the document.
 
 Anything that cannot be decoded or fails validation raises :class:`DecodeError` with a
 short machine-readable ``reason`` (it becomes the dead-letter ``x-dlq-reason`` header).
+A Confluent-framed record whose schema id the registry does not know is ``unknown-schema-id``;
+one whose body does not decode with the registry's schema is ``confluent-decode-error``. A
+registry that cannot answer (connection refused, timeout, 5xx, 401/403, or a 404 that is not the
+registry's "schema not found") raises :class:`RegistryUnavailable` instead: that is transient and
+says nothing about the record, so the worker retries it and never dead-letters it.
 
     >>> codec = EventCodec()
     >>> ev = ChangeEvent(doc_id="d1", op=Op.UPSERT, version=3, event_time_ms=1700000000000, text="hi")
@@ -57,6 +62,56 @@ class DecodeError(ValueError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+class RegistryUnavailable(Exception):
+    """The schema registry could not be asked (down, unreachable, failing): transient, retry later.
+
+    Not a :class:`DecodeError`: the record may be perfectly valid."""
+
+    def __init__(self, detail: str, schema_id: int | None = None):
+        super().__init__(detail)
+        self.detail = detail
+        self.schema_id = schema_id
+
+
+#: HTTP answers of a registry that say nothing about the record (retry): timeouts, rate limits,
+#: server errors, and authentication failures (a configuration problem, not bad data)
+_REGISTRY_TRANSIENT_STATUS = frozenset({401, 403, 407, 408, 425, 429})
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Exception types of a request that got no HTTP answer (confluent-kafka uses httpx2 or httpx)."""
+    types: list[type[BaseException]] = [OSError]
+    for mod in ("httpx2", "httpx"):
+        try:
+            types.append(__import__(mod).TransportError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(types)
+
+
+def _registry_failure(exc: BaseException, schema_id: int) -> Exception | None:
+    """Classify an exception raised while asking the registry about ``schema_id``.
+
+    Returns the error to raise (:class:`RegistryUnavailable` or ``DecodeError("unknown-schema-id")``),
+    or None when it is not a registry failure."""
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    if isinstance(exc, SchemaRegistryError):
+        status, code = exc.http_status_code, exc.error_code
+        # the registry's own "schema not found" (40403; the in-process mock registry says 40400)
+        if status == 404 and isinstance(code, int) and 40400 <= code <= 40499:
+            return DecodeError("unknown-schema-id", f"schema id {schema_id} is not in the registry ({exc})")
+        if status == 404 or status >= 500 or status in _REGISTRY_TRANSIENT_STATUS:
+            hint = " - is the schema registry URL the API root?" if status == 404 else ""
+            return RegistryUnavailable(f"schema registry answered HTTP {status} for schema id {schema_id}: "
+                                       f"{exc.error_message}{hint}", schema_id)
+        return None
+    if isinstance(exc, _transport_errors()):
+        return RegistryUnavailable(f"schema registry unreachable for schema id {schema_id}: "
+                                   f"{type(exc).__name__}: {exc}", schema_id)
+    return None
 
 
 @dataclass(frozen=True)
@@ -242,12 +297,18 @@ class EventCodec:
 
         if self._confluent_de is None:
             self._confluent_de = AvroDeserializer(self.registry, self._schema_str)
+        schema_id = struct.unpack(">I", value[1:5])[0]
         try:
+            # the writer schema first (the client caches it): a registry failure is told apart from
+            # a body that does not decode
+            self.registry.get_schema(schema_id)
             return self._confluent_de(value, SerializationContext(topic, MessageField.VALUE))
         except UnicodeDecodeError as exc:
             raise DecodeError("invalid-utf8", str(exc)) from None
         except Exception as exc:
-            schema_id = struct.unpack(">I", value[1:5])[0]
+            failure = _registry_failure(exc, schema_id)
+            if failure is not None:
+                raise failure from None
             raise DecodeError("confluent-decode-error", f"schema id {schema_id}: {type(exc).__name__}: {exc}") from None
 
     @staticmethod

@@ -21,10 +21,11 @@ def codec():
 
 
 @pytest.fixture
-def registry():
+def registry(schema_registry):
+    """A client of the real schema registry (Apicurio's Confluent API, started once per session)."""
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
-    return SchemaRegistryClient.new_client({"url": "mock://embedstream-tests"})
+    return SchemaRegistryClient({"url": schema_registry})
 
 
 def test_single_object_round_trip(codec):
