@@ -5,35 +5,31 @@
 * ``lancedb`` - :class:`app.store.lancedb.LanceDBStore` on a temporary directory;
 * ``weaviate-test-server`` - :class:`app.store.weaviate.WeaviateStore` against the
   in-process Weaviate *test server* (``tests/weaviate_server``; not a real Weaviate);
-* ``weaviate-real`` - the same adapter against a real Weaviate, only when ``WEAVIATE_URL``
-  is set (``WEAVIATE_GRPC_PORT``, default 50051; ``WEAVIATE_API_KEY`` optional). Every
-  test uses its own collection prefix and drops its collections afterwards.
+* ``weaviate-real`` - the same adapter against a real Weaviate: the session's ``real_weaviate``
+  (started from ``load/servers/weaviate.py``; ``WEAVIATE_URL`` points it at an external server,
+  see :mod:`tests.store.real_weaviate`). Every test uses its own collection prefix and drops its
+  collections afterwards.
 """
 from __future__ import annotations
 
-import os
-import uuid
 from typing import Any, Callable
 
 import numpy as np
 import pytest
 
-from app.store.weaviate import RetryPolicy, WeaviateStore, collection_names
+from app.store.weaviate import RetryPolicy, WeaviateStore
 
 try:  # `tests` is a package on sys.path only when the repo root is (python -m pytest)
+    from tests.store.real_weaviate import unique_prefix
     from tests.weaviate_server import WeaviateTestServer, free_port
 except ModuleNotFoundError:  # plain `pytest`: the tests/ directory itself is on sys.path
+    from store.real_weaviate import unique_prefix  # type: ignore[no-redef]
     from weaviate_server import WeaviateTestServer, free_port  # type: ignore[no-redef]
 
 __all__ = ["FAST_RETRY", "WeaviateTestServer", "free_port", "open_test_server_store", "unit_vectors"]
 
 #: Retries inside one store call, shrunk so fault tests take milliseconds, not seconds.
 FAST_RETRY = RetryPolicy(max_attempts=4, base_delay_s=0.01, max_delay_s=0.05)
-
-REAL_WEAVIATE_SKIP = (
-    "real Weaviate not configured: start one (`docker compose up weaviate`) and set "
-    "WEAVIATE_URL=http://localhost:8080 (WEAVIATE_GRPC_PORT, WEAVIATE_API_KEY optional)"
-)
 
 
 def unit_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -109,52 +105,13 @@ def store_factory(request, tmp_path):
             return open_test_server_store(server, fingerprint=fingerprint, dim=dim, collection_prefix="Embedstream")
 
     else:
-        url = os.environ.get("WEAVIATE_URL")
-        if not url:
-            pytest.skip(REAL_WEAVIATE_SKIP)
-        grpc_port = int(os.environ.get("WEAVIATE_GRPC_PORT", "50051"))
-        api_key = os.environ.get("WEAVIATE_API_KEY") or None
-        prefix = f"EsTest{uuid.uuid4().hex[:10]}"
-        used: set[str] = set()
+        rw = request.getfixturevalue("real_weaviate")
+        prefix = unique_prefix()
 
         def opener(fingerprint: str, dim: int) -> Any:
-            used.add(fingerprint)
-            return WeaviateStore(
-                url=url,
-                grpc_port=grpc_port,
-                api_key=api_key,
-                fingerprint=fingerprint,
-                dim=dim,
-                collection_prefix=prefix,
-                retry=FAST_RETRY,
-            )
+            return rw.store(fingerprint, dim, prefix, retry=FAST_RETRY)
 
-        def drop() -> None:
-            import weaviate
-            from urllib.parse import urlsplit
-
-            parts = urlsplit(url)
-            secure = parts.scheme == "https"
-            client = weaviate.connect_to_custom(
-                http_host=parts.hostname,
-                http_port=parts.port or (443 if secure else 80),
-                http_secure=secure,
-                grpc_host=parts.hostname,
-                grpc_port=grpc_port,
-                grpc_secure=secure,
-                auth_credentials=weaviate.classes.init.Auth.api_key(api_key) if api_key else None,
-                skip_init_checks=True,
-            )
-            try:
-                client.alias.delete(alias_name=collection_names("", prefix)[0])
-                for fp in used:
-                    for name in collection_names(fp, prefix)[1:]:
-                        if client.collections.exists(name):
-                            client.collections.delete(name)
-            finally:
-                client.close()
-
-        cleanup.append(drop)
+        cleanup.append(lambda: rw.drop_prefix(prefix))
 
     factory = StoreFactory(backend, opener)
     try:

@@ -1,11 +1,18 @@
-"""WeaviateStore adapter tests against the Weaviate *test server*.
+"""WeaviateStore adapter tests that need the Weaviate *test server* (tests/weaviate_server).
 
-These are NOT integration tests with a real Weaviate: ``tests/weaviate_server`` is an
-in-process protocol double. The real weaviate-client talks to it over real sockets (no
-client method is mocked), and the server injects faults - gRPC status codes, deadlines,
-HTTP 5xx, per-object batch errors, a whole outage - that a real server cannot be made to
-produce on demand. The contract suite (test_contract.py) runs against a real Weaviate
-when WEAVIATE_URL is set.
+These are NOT integration tests with a real Weaviate: the test server is an in-process protocol
+double. The real weaviate-client talks to it over real sockets (no client method is mocked). What
+is here needs something a real server cannot be made to do on demand:
+
+* exact gRPC status codes on chosen calls (UNAVAILABLE, DEADLINE_EXCEEDED, a reply lost after
+  the write), HTTP 5xx during start-up, a whole-server outage flipped on and off in milliseconds;
+* per-object batch errors on chosen objects (transient and permanent, mixed reasons);
+* call counts (one query per get_states, one schema creation, delete loops) and an old server
+  version (no aliases below 1.32).
+
+Everything else about Weaviate - tokenisation, aliases, schema, limits, the adapter's behaviour
+without faults - runs against the real server too (test_weaviate_both.py, test_contract.py), and
+the test server is kept equal to it there.
 """
 from __future__ import annotations
 
@@ -15,9 +22,7 @@ import time
 import grpc
 import pytest
 import weaviate
-from weaviate.classes.config import Configure, DataType, Property, Tokenization
-from weaviate.classes.data import DataObject
-from weaviate.classes.query import Filter
+from weaviate.classes.config import Configure
 from weaviate.exceptions import WeaviateQueryError
 
 from app.store.base import (
@@ -25,12 +30,10 @@ from app.store.base import (
     FingerprintMismatch,
     PermanentStoreError,
     TransientStoreError,
-    chunk_uuid,
 )
 from app.store.weaviate import (
     RetryPolicy,
     WeaviateStore,
-    collection_names,
     doc_state_uuid,
     is_transient_message,
 )
@@ -289,70 +292,17 @@ def test_test_server_creation_race_already_exists_is_tolerated(weaviate_server):
     assert weaviate_server.calls("POST /v1/schema") == 3  # the raced create answered 422
 
 
-def test_test_server_hnsw_parameters_are_applied(weaviate_server):
-    store = open_test_server_store(
-        weaviate_server, fingerprint=FP, hnsw_distance="dot", ef_construction=256, max_connections=48
-    )
-    try:
-        idx = weaviate_server.db.get_class(store.collection_name)["vectorConfig"]["default"]["vectorIndexConfig"]
-        assert (idx["distance"], idx["efConstruction"], idx["maxConnections"]) == ("dot", 256, 48)
-    finally:
-        store.close()
 
 
-def test_test_server_existing_collection_of_another_fingerprint_is_refused(weaviate_server):
-    store = open_test_server_store(weaviate_server, fingerprint=FP)
-    store.close()
-    with raw_client(weaviate_server) as client:
-        client.collections.use(store.collection_name).data.insert_many(
-            [DataObject(properties={"doc_id": "x", "fingerprint": "fp-intruder"}, vector={"default": [0.1] * 8})]
-        )
-    with pytest.raises(FingerprintMismatch, match="fp-intruder"):
-        open_test_server_store(weaviate_server, fingerprint=FP)
 
 
-def test_test_server_existing_collection_of_another_dim_is_refused(weaviate_server):
-    store = open_test_server_store(weaviate_server, fingerprint=FP, dim=8)
-    store.upsert_chunks(chunks_of("doc-a", 1, fingerprint=FP))
-    store.close()
-    with pytest.raises(FingerprintMismatch, match="8-d"):
-        open_test_server_store(weaviate_server, fingerprint=FP, dim=16)
 
 
-def test_test_server_word_tokenised_doc_id_collection_is_refused(weaviate_server):
-    _, chunks, _ = collection_names(FP, "Embedstream")
-    text_props = ["doc_id", "content_hash", "fingerprint", "text", "metadata_json"]  # doc_id: default WORD
-    int_props = ["chunk_index", "chunk_count", "version", "event_time_ms", "indexed_time_ms"]
-    with raw_client(weaviate_server) as client:
-        client.collections.create(
-            chunks,
-            properties=[Property(name=n, data_type=DataType.TEXT) for n in text_props]
-            + [Property(name=n, data_type=DataType.INT) for n in int_props],
-            vector_config=Configure.Vectors.self_provided(),
-        )
-    with pytest.raises(PermanentStoreError, match="tokenization"):
-        open_test_server_store(weaviate_server, fingerprint=FP)
 
 
 # --------------------------------------------------------------------------- alias
 
 
-def test_test_server_alias_points_at_the_fingerprint_collection(weaviate_server, store):
-    assert store.alias_name == "Embedstream"
-    assert store.alias_target() == store.collection_name
-    store.upsert_chunks(chunks_of("doc-a", 3, fingerprint=FP))
-    with raw_client(weaviate_server) as client:
-        assert len(client.collections.use("Embedstream")) == 3  # readers query the alias
-
-    other = open_test_server_store(weaviate_server, fingerprint="fp-next")
-    try:
-        assert other.alias_target() == store.collection_name  # an existing alias is not repointed
-        other.point_alias()
-        assert store.alias_target() == other.collection_name
-        store.point_alias(store.collection_name)
-        assert other.alias_target() == store.collection_name
-    finally:
-        other.close()
 
 
 def test_test_server_without_alias_support_still_works():
@@ -394,12 +344,6 @@ def test_test_server_api_key_never_appears_in_repr_errors_or_logs(caplog):
     assert key not in caplog.text
 
 
-def test_test_server_metadata_round_trips(weaviate_server, store):
-    metadata = {"title": 'Ünïcødé "quoted" \\ back', "json": '{"a": [1, 2]}', "empty": ""}
-    chunks = chunks_of("doc-a", 2, fingerprint=FP, metadata=metadata)
-    store.upsert_chunks(chunks)
-    hit = store.search(chunks[0].vector, k=1)[0]
-    assert dict(hit.metadata) == metadata
 
 
 def test_test_server_get_states_is_one_query(weaviate_server, store):
@@ -416,14 +360,6 @@ def test_test_server_delete_loops_until_nothing_matches(weaviate_server, store):
     assert weaviate_server.calls("BatchDelete") == 2  # the second call proves nothing is left
 
 
-def test_test_server_delete_chunks_many_removes_each_tail(weaviate_server, store):
-    store.upsert_chunks(
-        chunks_of("a", 3, fingerprint=FP) + chunks_of("b", 3, fingerprint=FP) + chunks_of("a-b", 2, fingerprint=FP)
-    )
-    assert store.delete_chunks_many([("a", 1), ("b", 0)]) == 5
-    assert stored_ids(weaviate_server, store.collection_name) == {
-        chunk_uuid("a", 0), chunk_uuid("a-b", 0), chunk_uuid("a-b", 1)
-    }
 
 
 def test_test_server_wrong_dimension_is_refused_before_any_request(weaviate_server, store):
@@ -435,15 +371,6 @@ def test_test_server_wrong_dimension_is_refused_before_any_request(weaviate_serv
     assert weaviate_server.calls("BatchObjects") == 0
 
 
-def test_test_server_non_finite_vector_is_refused_per_object_and_the_rest_written(weaviate_server, store):
-    chunks = chunks_of("doc-a", 3, fingerprint=FP)
-    broken = chunks[1].vector.copy()
-    broken[0] = float("nan")
-    chunks[1] = ChunkRecord(**{**chunks[1].__dict__, "vector": broken})
-    with pytest.raises(PermanentStoreError) as info:
-        store.upsert_chunks(chunks)
-    assert set(info.value.object_errors) == {chunks[1].id}
-    assert stored_ids(weaviate_server, store.collection_name) == {chunks[0].id, chunks[2].id}
 
 
 def test_transient_message_classification():
@@ -457,27 +384,6 @@ def test_transient_message_classification():
 # --------------------------------------------------------------------------- the test server itself
 
 
-def test_test_server_models_word_tokenization_pitfall(weaviate_server):
-    """Under WORD tokenization Equal('doc-1') also matches 'doc-1-extra' - as in Weaviate."""
-    with raw_client(weaviate_server) as client:
-        coll = client.collections.create(
-            "Pitfall",
-            properties=[
-                Property(name="word_id", data_type=DataType.TEXT),
-                Property(name="field_id", data_type=DataType.TEXT, tokenization=Tokenization.FIELD),
-            ],
-            vector_config=Configure.Vectors.self_provided(),
-        )
-        coll.data.insert_many(
-            [DataObject(properties={"word_id": v, "field_id": v}) for v in ("doc-1", "doc-1-extra", "doc-2")]
-        )
-        word = coll.query.fetch_objects(filters=Filter.by_property("word_id").equal("doc-1"), limit=10)
-        field = coll.query.fetch_objects(filters=Filter.by_property("field_id").equal("doc-1"), limit=10)
-        assert sorted(o.properties["word_id"] for o in word.objects) == ["doc-1", "doc-1-extra"]
-        assert [o.properties["field_id"] for o in field.objects] == ["doc-1"]
-        # no limit -> QUERY_DEFAULTS_LIMIT (10), like Weaviate
-        coll.data.insert_many([DataObject(properties={"word_id": f"x{i}"}) for i in range(20)])
-        assert len(coll.query.fetch_objects().objects) == 10
 
 
 def test_test_server_answers_unimplemented_loudly(weaviate_server):
@@ -486,35 +392,7 @@ def test_test_server_answers_unimplemented_loudly(weaviate_server):
         with pytest.raises(WeaviateQueryError, match="not implemented in the test server"):
             coll.query.bm25("anything")
         with pytest.raises(Exception, match="501"):
-            coll.config.add_property(Property(name="extra", data_type=DataType.TEXT))
+            coll.tenants.create("t1")
 
 
-def test_test_server_caps_batch_delete_at_query_maximum(weaviate_server):
-    with raw_client(weaviate_server) as client:
-        coll = client.collections.create(
-            "Capped",
-            properties=[Property(name="k", data_type=DataType.TEXT, tokenization=Tokenization.FIELD)],
-            vector_config=Configure.Vectors.self_provided(),
-        )
-        coll.data.insert_many([DataObject(properties={"k": "same"}) for _ in range(10_050)])
-        res = coll.data.delete_many(where=Filter.by_property("k").equal("same"))
-        assert (res.matches, res.successful) == (10_000, 10_000)
-        assert len(coll) == 50
 
-
-def test_test_server_cursor_offset_and_by_id_queries(weaviate_server):
-    with raw_client(weaviate_server) as client:
-        coll = client.collections.create(
-            "Paged",
-            properties=[Property(name="n", data_type=DataType.INT)],
-            vector_config=Configure.Vectors.self_provided(),
-        )
-        res = coll.data.insert_many([DataObject(properties={"n": i}) for i in range(25)])
-        assert not res.has_errors
-        assert sorted(o.properties["n"] for o in coll.iterator(cache_size=7)) == list(range(25))
-        page = coll.query.fetch_objects(filters=Filter.by_property("n").greater_or_equal(10), limit=5, offset=10)
-        assert sorted(o.properties["n"] for o in page.objects) == [20, 21, 22, 23, 24]
-        some = list(res.uuids.values())[:3]
-        assert {o.uuid for o in coll.query.fetch_objects_by_ids(some).objects} == set(some)
-        with pytest.raises(WeaviateQueryError, match="could not find class"):
-            client.collections.use("Missing").query.fetch_objects(limit=1)

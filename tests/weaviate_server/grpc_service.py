@@ -202,7 +202,8 @@ class WeaviateTestServicer(weaviate_pb2_grpc.WeaviateServicer):
         start = time.perf_counter()
         with self._db.lock:
             coll = self._db.resolve(request.collection)
-            matches = self._db.matching(coll, request.filters)[:QUERY_MAXIMUM_RESULTS]
+            matching = self._db.matching(coll, request.filters)
+            matches = matching[:QUERY_MAXIMUM_RESULTS]  # Weaviate reports every match, deletes 10 000
             objects = []
             for obj in matches:
                 del coll.objects[obj.uuid]
@@ -215,7 +216,7 @@ class WeaviateTestServicer(weaviate_pb2_grpc.WeaviateServicer):
         return batch_delete_pb2.BatchDeleteReply(
             took=time.perf_counter() - start,
             failed=0,
-            matches=len(matches),
+            matches=len(matching),
             successful=len(matches),
             objects=objects,
         )
@@ -342,10 +343,12 @@ class WeaviateTestServicer(weaviate_pb2_grpc.WeaviateServicer):
             pr = request.properties
             if pr.ref_properties or pr.object_properties:
                 raise Unsupported("reference / nested property selection")
-            wanted = list(obj.properties) if pr.return_all_nonref_properties else list(pr.non_ref_properties)
+            wanted = list(coll.props) if pr.return_all_nonref_properties else list(pr.non_ref_properties)
         else:
-            wanted = list(obj.properties)
-        fields = {name: _to_value(obj.properties.get(name)) for name in wanted if name in obj.properties}
+            wanted = list(coll.props)
+        # like Weaviate: a schema property the object lacks (added later) comes back as null
+        fields = {name: _to_value(obj.properties.get(name)) for name in wanted
+                  if name in obj.properties or name in coll.props}
         props = search_get_pb2.PropertiesResult(
             target_collection=coll.name,
             non_ref_props=properties_pb2.Properties(fields=fields),

@@ -120,6 +120,8 @@ class _Handler(BaseHTTPRequestHandler):
             if m == "DELETE":
                 db.delete_class(name)
                 return self._send(200)
+        if (match := re.fullmatch(r"/v1/schema/([^/]+)/properties", path)) and m == "POST":
+            return self._send(200, db.add_property(match.group(1), body))
 
         # aliases
         if path == "/v1/aliases":

@@ -25,8 +25,9 @@ from .grpc_service import add_services
 from .rest import make_http_server
 from .state import Database
 
-#: Version reported by /v1/meta: >= 1.32 so the client uses aliases and gRPC aggregate.
-DEFAULT_VERSION = "1.32.0"
+#: Version reported by /v1/meta: the pinned real server's (load/servers/weaviate.py), so the
+#: client takes the same code paths against the double as against real Weaviate.
+DEFAULT_VERSION = "1.36.23"
 #: What real Weaviate reports as grpcMaxMessageSize by default (~100 MB).
 GRPC_MAX_MESSAGE_SIZE = 104_858_000
 

@@ -82,13 +82,21 @@ class Invalid(Exception):
 # tokenization
 
 
+#: what Go's ``strings.TrimSpace`` trims (``unicode.IsSpace``): Weaviate's ``field`` tokenisation.
+#: Python's ``str.strip`` also trims U+001C..U+001F, which Go keeps.
+GO_SPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a" \
+           "\u2028\u2029\u202f\u205f\u3000"
+
+
 def tokenize(value: str, tokenization: str) -> list[str]:
     """Split ``value`` into the tokens Weaviate's inverted index would store."""
     if tokenization == "field":
-        stripped = value.strip()
+        stripped = value.strip(GO_SPACE)
         return [stripped] if stripped else []
     if tokenization == "word":
-        return [t.lower() for t in re.split(r"[^0-9A-Za-z\u00C0-\uFFFF]+", value) if t]
+        # runs of letters and digits (Go: unicode.IsLetter / IsNumber), lower-cased; everything
+        # else separates - "_", punctuation, and invisible characters such as U+200B as well
+        return [t.lower() for t in re.findall(r"[^\W_]+", value)]
     if tokenization == "lowercase":
         return [t.lower() for t in value.split()]
     if tokenization == "whitespace":
@@ -467,9 +475,9 @@ class Database:
         with self.lock:
             name = cls["class"]
             if any(n.lower() == name.lower() for n in self.collections):
-                raise Invalid(f'class name "{name}" already exists')
+                raise Invalid(f"class name {name} already exists")
             if name in self.aliases:
-                raise Invalid(f'class name "{name}" conflicts with an alias of the same name')
+                raise Invalid(f"alias name {name} already exists")
             self.collections[name] = Collection(config=cls)
             return copy.deepcopy(cls)
 
@@ -483,11 +491,19 @@ class Database:
             return [copy.deepcopy(c.config) for c in self.collections.values()]
 
     def delete_class(self, name: str) -> None:
+        """Like Weaviate 1.36: an alias of the deleted collection stays, pointing at nothing."""
         with self.lock:
             self.collections.pop(name, None)
-            for alias, target in list(self.aliases.items()):
-                if target == name:
-                    del self.aliases[alias]
+
+    def add_property(self, name: str, prop: dict[str, Any]) -> dict[str, Any]:
+        """POST /v1/schema/{name}/properties: stored objects read the new property as null."""
+        with self.lock:
+            coll = self.resolve(name)
+            new = _normalise_property(prop)
+            if new["name"].lower() in (p.lower() for p in coll.props):
+                raise Invalid(f"property {new['name']!r} already exists in class {coll.name}")
+            coll.config["properties"].append(new)
+            return copy.deepcopy(new)
 
     def resolve(self, name: str) -> Collection:
         """Collection by name or alias (the lock must be held)."""
@@ -505,9 +521,9 @@ class Database:
             if alias in self.aliases:
                 raise Invalid(f'alias "{alias}" already exists')
             if alias in self.collections:
-                raise Invalid(f'alias "{alias}" conflicts with an existing class with the same name')
+                raise Invalid(f"create alias: class {alias} already exists")
             if target not in self.collections:
-                raise NotFound(f"could not find class {target} in schema")
+                raise Invalid("class does not exist: bad request")  # Weaviate answers 422
             self.aliases[alias] = target
 
     def update_alias(self, alias: str, target: str) -> None:
@@ -536,6 +552,8 @@ class Database:
             obj_uuid = str(uuid_lib.UUID(obj_uuid))
             props = coerce_properties(coll, properties)
             names = coll.vector_names()
+            if "" in vectors and coll.named_vectors and len(names) == 1:
+                vectors = {names[0]: vectors.pop(""), **vectors}  # Weaviate: the only named vector
             for vname, vec in vectors.items():
                 if vname not in names:
                     if vname == "" and coll.named_vectors:
