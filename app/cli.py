@@ -126,6 +126,14 @@ def cmd_worker(args) -> int:
     encoder = build_encoder(s)
     health.set("model", True, f"{encoder.fingerprint} on {encoder.provider}")
     store = open_store(s, encoder.fingerprint, encoder.dim, sole_writer=True)
+    from app.reindex import ReindexError, check_worker_alias
+
+    try:  # never write a collection that searches through the alias do not read
+        log.info("%s", check_worker_alias(s, encoder.fingerprint))
+    except ReindexError as exc:
+        log.error("refusing to consume: %s", exc)
+        store.close()
+        return 2
     health.set("store", True, repr(store))
     processor = build_processor(s, encoder, store)
     metrics.info.info({"fingerprint": encoder.fingerprint, "provider": encoder.provider,

@@ -73,6 +73,9 @@ class Settings:
     store: str = _s("lancedb", "Vector store: lancedb (embedded) or weaviate.", choices=("lancedb", "weaviate"))
     data_dir: str = _s("./data", "Directory for LanceDB files, drift state and the embedded broker's log.")
     store_optimize_every: int = _s(50, "Compact the store (LanceDB optimize) every N batches (0: never).")
+    allow_alias_mismatch: bool = _s(False, "Let a worker consume although the alias points at another model's "
+                                           "collection: only for the old workers of a reindex between swap and "
+                                           "finish, when the reindex state is not in this worker's data dir.")
     collection_prefix: str = _s("embedstream", "Collection name prefix (Weaviate: the alias users query).")
     weaviate_url: str = _s("http://localhost:8080", "Weaviate REST URL.")
     weaviate_grpc_port: int = _s(50051, "Weaviate gRPC port.")

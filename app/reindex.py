@@ -239,6 +239,50 @@ def _drop_side(settings: Settings, side: dict) -> None:
         store.close()
 
 
+#: reindex phases during which the old side's workers keep running (and may restart)
+OLD_WORKERS_PHASES = ("backfilling", "ready", "swapped")
+
+
+def check_worker_alias(settings: Settings, fingerprint: str) -> str:
+    """Refuse a worker whose vectors would not be the ones readers query.
+
+    Readers query the collection the alias points at. A worker of another model fingerprint
+    (e.g. the GPU fp32 worker started beside, or instead of, the CPU int8 one) would keep the
+    group's offsets moving while writing a collection nobody searches: searches through the alias
+    miss everything it indexed. So a worker refuses to start when the alias points at another
+    fingerprint's collection, unless it is an old-side worker of a reindex that is under way (the
+    reindex state in this data dir says so, or ``EMBEDSTREAM_ALLOW_ALIAS_MISMATCH`` is set on the
+    old workers while a reindex done from another machine is between ``swap`` and ``finish``).
+    Raises :class:`ReindexError` with what to do; returns a note for the log otherwise.
+    """
+    rec = alias_record(settings)
+    if rec is None:
+        return "no alias yet"
+    if rec["fingerprint"] == fingerprint:
+        return f"alias {_alias_name(settings)} -> {rec['collection']} (this worker's model)"
+    path = state_path(settings)
+    st = json.loads(path.read_text()) if path.exists() else None
+    if st is not None and st.get("phase") in OLD_WORKERS_PHASES and st["old"]["fingerprint"] == fingerprint:
+        return (f"alias {_alias_name(settings)} -> {rec['collection']} ({rec['fingerprint']}): a reindex is "
+                f"{st['phase']} and this worker serves its old side")
+    if settings.allow_alias_mismatch:
+        return (f"alias {_alias_name(settings)} -> {rec['collection']} ({rec['fingerprint']}): another model; "
+                "consuming anyway (EMBEDSTREAM_ALLOW_ALIAS_MISMATCH)")
+    raise ReindexError(
+        f"alias {_alias_name(settings)} points at {rec['collection']}, the collection of model "
+        f"{rec['fingerprint']}, but this worker embeds with {fingerprint}: its writes would go to a collection "
+        "that searches do not read, while it commits the group's offsets. Run the worker with the alias's "
+        f"model variant (EMBEDSTREAM_MODEL_VARIANT={_variant_or_unknown(rec['fingerprint'])}), or move the alias "
+        "to this model with `embedstream reindex start --model ...`, then `swap` and `finish`.")
+
+
+def _variant_or_unknown(fingerprint: str) -> str:
+    try:
+        return variant_of(fingerprint)
+    except ReindexError:
+        return "?"
+
+
 def resolve_search_target(settings: Settings, encoders: dict | None = None):
     """``(encoder, store)`` for queries: the collection the alias points at, and an encoder
     of that collection's model variant (the alias record carries the fingerprint). Without

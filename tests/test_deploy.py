@@ -13,11 +13,22 @@ from app.observability import Metrics
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+GPU_OVERRIDE = yaml.safe_load((REPO / "deploy" / "compose.gpu.yml").read_text())
+
+
+def merged(base: dict, override: dict) -> dict:
+    """Compose's merge of an override file (-f a -f b): mappings merged key by key, the rest replaced."""
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = merged(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
 
 
 def test_compose_file_is_valid_against_the_compose_spec():
     schema = json.loads((REPO / "tests" / "fixtures" / "compose-spec.json").read_text())
     jsonschema.validate(COMPOSE, schema, cls=jsonschema.Draft202012Validator)
+    jsonschema.validate(GPU_OVERRIDE, schema, cls=jsonschema.Draft202012Validator)
+    jsonschema.validate(merged(COMPOSE, GPU_OVERRIDE), schema, cls=jsonschema.Draft202012Validator)
 
 
 def test_the_schema_check_catches_mistakes():
@@ -33,19 +44,19 @@ def test_the_schema_check_catches_mistakes():
 
 def test_compose_services_and_wiring():
     svc = COMPOSE["services"]
-    assert {"kafka", "weaviate", "topics", "worker", "worker-gpu", "prometheus", "grafana"} <= set(svc)
+    assert {"kafka", "weaviate", "topics", "worker", "prometheus", "grafana"} <= set(svc)
     assert svc["kafka"]["image"].startswith("apache/kafka:")
     major, minor = (int(x) for x in svc["weaviate"]["image"].rsplit(":", 1)[1].split(".")[:2])
     assert (major, minor) >= (1, 32)  # aliases
     env = svc["worker"]["environment"]
     assert env["EMBEDSTREAM_STORE"] == "weaviate" and env["EMBEDSTREAM_BOOTSTRAP_SERVERS"] == "kafka:9092"
     known = {n for n, *_ in Settings.load(env={}).describe()}
-    for name in ("worker", "worker-gpu", "topics"):
+    for name in ("worker", "topics"):
         for var in svc[name]["environment"]:
             assert var in known, f"{name}: unknown setting {var}"
+    for var in GPU_OVERRIDE["services"]["worker"]["environment"]:
+        assert var in known, f"compose.gpu.yml: unknown setting {var}"
     assert svc["worker"]["depends_on"]["topics"]["condition"] == "service_completed_successfully"
-    gpu = svc["worker-gpu"]
-    assert gpu["profiles"] == ["gpu"] and gpu["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
     for vol in svc["prometheus"]["volumes"] + svc["grafana"]["volumes"]:
         src = vol.split(":")[0]
         if src.startswith("./"):
@@ -80,3 +91,33 @@ def test_images_install_exactly_one_onnx_runtime():
     gpu = (REPO / "deploy" / "Dockerfile.gpu").read_text()
     assert '".[cpu]"' in cpu and "gpu" not in cpu.split("RUN pip", 1)[1].split("\n")[0]
     assert '".[gpu]"' in gpu and "[cpu" not in gpu
+
+
+def test_gpu_worker_replaces_the_cpu_worker():
+    """One worker service in either stack: the GPU override changes `worker`, it adds no second
+    member of the consumer group (which would write another model's collection)."""
+    assert not any("gpu" in name for name in COMPOSE["services"])
+    assert set(GPU_OVERRIDE["services"]) == {"worker"}
+    gpu = merged(COMPOSE, GPU_OVERRIDE)["services"]
+    assert [n for n, sv in gpu.items() if sv.get("command") == ["worker"]] == ["worker"]
+    w = gpu["worker"]
+    assert w["image"] == "embedstream:gpu" and w["build"]["dockerfile"] == "deploy/Dockerfile.gpu"
+    assert w["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+    env = w["environment"]
+    assert env["EMBEDSTREAM_DEVICE"] == "cuda" and env["EMBEDSTREAM_MODEL_VARIANT"] == "fp32"
+    assert env["EMBEDSTREAM_STORE"] == "weaviate"  # the CPU worker's settings are kept
+
+
+def test_kafka_service_keeps_its_log_and_matches_the_test_broker():
+    from load.servers.kafka import BROKER_SETTINGS, KAFKA_VERSION
+
+    kafka = COMPOSE["services"]["kafka"]
+    assert kafka["image"] == f"apache/kafka:{KAFKA_VERSION}"
+    env = kafka["environment"]
+    log_dir = env["KAFKA_LOG_DIRS"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in kafka["volumes"]}
+    assert log_dir in mounts and mounts[log_dir] in COMPOSE["volumes"], "the Kafka log is not in a volume"
+    assert re.fullmatch(r"[A-Za-z0-9_-]{22}", env["CLUSTER_ID"])  # fixed, base64 UUID
+    for key, value in BROKER_SETTINGS.items():
+        var = "KAFKA_" + key.upper().replace(".", "_")
+        assert env.get(var) == value, f"compose kafka {var}={env.get(var)!r}, tests run with {value!r}"
