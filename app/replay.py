@@ -567,8 +567,8 @@ class Replayer:
         from confluent_kafka import Producer
 
         if self._producer is None:
-            self._producer = Producer({**self.settings.kafka_config(), "enable.idempotence": True,
-                                       "linger.ms": 5})
+            self._producer = Producer(self.settings.producer_config(**{"enable.idempotence": True,
+                                                                       "linger.ms": 5}))
         errors: list[str] = []
 
         def on_delivery(err, msg):
@@ -697,7 +697,8 @@ def reinject_dead_letters(settings: Settings, letters: list[DeadLetterView], top
     from app.deadletter import strip_dlq_headers
 
     topic = topic or settings.changes_topic
-    producer = Producer({**settings.kafka_config(), "enable.idempotence": True, "linger.ms": 5})
+    # the Java-compatible partitioner: a re-injected record lands where its document's other records are
+    producer = Producer(settings.producer_config(**{"enable.idempotence": True, "linger.ms": 5}))
     errors: list[str] = []
     ok = 0
 

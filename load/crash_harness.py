@@ -440,7 +440,10 @@ def produce_events(bootstrap: str, topic: str, stream, rate: float, errors: list
     partition and offset on delivery; failures go to ``errors``. Returns the seconds it took."""
     from confluent_kafka import Producer
 
-    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    from app.config import PRODUCER_PARTITIONER
+
+    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5,
+                  "partitioner": PRODUCER_PARTITIONER})
     t0 = time.monotonic()
     for i, g in enumerate(stream):
         def cb(err, msg, g=g):

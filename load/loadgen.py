@@ -272,8 +272,10 @@ def make_producer(kafka_config: dict, extra: dict | None = None):
 
     # No compression by default: the worker's aiokafka decompresses lz4/snappy/zstd only when
     # cramjam is installed (gzip always works); see --producer-config compression.type=gzip.
+    from app.config import PRODUCER_PARTITIONER
+
     conf = {**kafka_config, "enable.idempotence": True, "linger.ms": 5,
-            "queue.buffering.max.messages": 200_000}
+            "queue.buffering.max.messages": 200_000, "partitioner": PRODUCER_PARTITIONER}
     conf.update(extra or {})
     return Producer(conf)
 
