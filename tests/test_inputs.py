@@ -243,6 +243,8 @@ def test_mapped_json_records(tmp_path):
     assert (ev.doc_id, ev.op, ev.version, ev.text, ev.metadata) == (
         "article-7", Op.UPSERT, 3, "Kafka\n\nStreams of events.", {"author": "Ann"})
     assert ev.event_time_ms == 1714521600000
+    no_status = {k: v for k, v in article().items() if k != "status"}
+    assert codec.decode(b"article-7", wire(no_status), "cms.articles").op is Op.UPSERT  # no rule field: no delete
     gone = codec.decode(b"article-7", wire(article(status="archived", revision=4)), "cms.articles")
     assert (gone.op, gone.version) == (Op.DELETE, 4)
     assert codec.decode(b"article-7", None, "cms.articles").is_tombstone

@@ -12,7 +12,7 @@
 
 Values are JSON (with or without Kafka Connect's schema envelope) or Confluent-framed Avro
 decoded with the writer schema from the registry. A record whose delete rule matches deletes
-the document at its version; a key with a null value (tombstone) deletes it at whatever
+the document at its version (a record without the rule's field is not a delete); a key with a null value (tombstone) deletes it at whatever
 version is stored - for that the key must be the doc_id (``key = "doc_id"``, the default:
 records whose key differs from the rendered doc_id are ``key-mismatch``). With
 ``key = "none"`` the key is not looked at and tombstones are dead-lettered
@@ -36,7 +36,7 @@ class DeleteRule:
     values: tuple
 
     def matches(self, rec: Any) -> bool:
-        v = self.path.get(rec, "delete rule")
+        v = self.path.lookup(rec)  # a record without the field is not a delete
         # True == 1 in Python; a rule `equals = true` must not match a count of 1
         return any(isinstance(v, bool) == isinstance(w, bool) and v == w for w in self.values)
 
