@@ -327,6 +327,10 @@ class EventCodec:
         lim = self.limits
         if not ev.doc_id or not ev.doc_id.strip():
             raise DecodeError("invalid-doc-id", "empty doc_id")
+        if ev.doc_id != ev.doc_id.strip():
+            # Weaviate compares doc ids trimmed ("field" tokenisation): "a " would share, and
+            # delete, the chunks of "a". Refused for every store alike.
+            raise DecodeError("invalid-doc-id", "doc_id has leading or trailing whitespace")
         if len(ev.doc_id.encode()) > lim.max_doc_id_bytes or _CONTROL.search(ev.doc_id):
             raise DecodeError("invalid-doc-id", "doc_id too long or has control characters")
         if ev.version is not None and ev.version < 0:
