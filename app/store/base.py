@@ -45,13 +45,58 @@ class PermanentStoreError(StoreError):
     failure concerns individual objects; the rest of the batch was written.
     """
 
-    def __init__(self, message: str, object_errors: Mapping[str, str] | None = None):
+    def __init__(self, message: str, object_errors: Mapping[str, str] | None = None,
+                 stale: Mapping[str, str] | None = None):
         super().__init__(message)
         self.object_errors: dict[str, str] = dict(object_errors or {})
+        #: doc ids not written because the store holds a newer version (see StaleWrite); set
+        #: beside ``object_errors`` when one call met both
+        self.stale: dict[str, str] = dict(stale or {})
 
 
 class FingerprintMismatch(PermanentStoreError):
     """A write would mix vector spaces: the collection belongs to another model fingerprint."""
+
+
+class StaleWrite(PermanentStoreError):
+    """Writes refused because the store holds a newer version of their documents.
+
+    The store call itself compares versions (an evicted worker coming back after a rebalance,
+    or any concurrent writer, must not overwrite newer state): a chunk or state whose version is
+    below the stored one is not written. ``object_errors`` maps each refused **doc id** to the
+    reason; everything else of the call was written. Not bad input: the pipeline counts these
+    documents as ``stale`` (never dead-letters them). ``stale`` equals ``object_errors``.
+    """
+
+    def __init__(self, message: str, object_errors: Mapping[str, str] | None = None):
+        super().__init__(message, object_errors, stale=object_errors)
+
+
+def doc_id_problem(doc_id: str) -> str | None:
+    """Why a store refuses ``doc_id`` (None: fine).
+
+    Ids with leading or trailing whitespace are refused by every adapter: Weaviate's ``field``
+    tokenisation compares trimmed values, so ``"a "`` and ``"a"`` would share (and delete) each
+    other's chunks. Decoding refuses such events first (``invalid-doc-id``); this keeps the
+    stores in agreement for any other caller.
+
+    >>> doc_id_problem("doc-1"), doc_id_problem(" doc-1"), doc_id_problem("doc-1\u00a0")
+    (None, 'doc_id has leading or trailing whitespace', 'doc_id has leading or trailing whitespace')
+    """
+    if not doc_id:
+        return "empty doc_id"
+    if doc_id != doc_id.strip():
+        return "doc_id has leading or trailing whitespace"
+    return None
+
+
+def check_doc_ids(doc_ids: Iterable[str]) -> None:
+    """Raise PermanentStoreError (``object_errors`` by doc id) for ids no store accepts."""
+    bad = {d: p for d in doc_ids if (p := doc_id_problem(d)) is not None}
+    if bad:
+        sample = next(iter(bad.items()))
+        raise PermanentStoreError(f"{len(bad)} doc id(s) refused, e.g. {sample[0]!r}: {sample[1]}",
+                                  object_errors=bad)
 
 
 @dataclass(frozen=True)
@@ -92,6 +137,10 @@ class DocState:
     source_topic: str = ""
     source_partition: int = -1
     source_offset: int = -1
+    #: the incarnation of source_topic (Kafka topic id, or cluster id + topic) the offset belongs
+    #: to: after a topic is recreated or mirrored, offsets start again and are not comparable.
+    #: "" for states written before it was recorded (or by a broker that names none).
+    source_incarnation: str = ""
 
 
 @dataclass(frozen=True)
@@ -122,13 +171,18 @@ class VectorStore(Protocol):
         (chunk id -> expected content hash), only chunks stored with that hash are returned."""
 
     def upsert_chunks(self, chunks: Sequence[ChunkRecord]) -> None:
-        """Insert or replace chunk objects by id. Refuses chunks of another fingerprint."""
+        """Insert or replace chunk objects by id. Refuses chunks of another fingerprint, and
+        (:class:`StaleWrite`) the chunks of a document whose stored state or stored chunks
+        have a higher version than the chunk's."""
 
-    def delete_chunks(self, doc_id: str, from_index: int = 0) -> int:
-        """Delete every chunk of ``doc_id`` whose chunk_index >= from_index; returns how many."""
+    def delete_chunks(self, doc_id: str, from_index: int = 0, max_version: int | None = None) -> int:
+        """Delete every chunk of ``doc_id`` whose chunk_index >= from_index (and, with
+        ``max_version``, whose version <= it: a delete never removes newer chunks); returns how many.
+        ``delete_chunks_many`` takes ``(doc_id, from_index[, max_version])`` tuples."""
 
     def put_states(self, states: Sequence[DocState]) -> None:
-        """Insert or replace document states by doc_id."""
+        """Insert or replace document states by doc_id; a state whose version is below the
+        stored one is not written (:class:`StaleWrite`, after the others were)."""
 
     def search(self, vector: np.ndarray, k: int = 5) -> list[SearchHit]:
         """Nearest chunks by cosine similarity, best first."""

@@ -43,7 +43,7 @@ import numpy as np
 import pyarrow as pa
 
 from app.store.base import (ChunkRecord, DocState, FingerprintMismatch, PermanentStoreError, SearchHit,
-                            TransientStoreError, chunk_uuid)
+                            StaleWrite, TransientStoreError, check_doc_ids, chunk_uuid, doc_id_problem)
 
 log = logging.getLogger(__name__)
 FP_KEY = b"embedstream.fingerprint"
@@ -187,6 +187,7 @@ class LanceDBStore:
             pa.field("source_topic", pa.string(), nullable=False),
             pa.field("source_partition", pa.int32(), nullable=False),
             pa.field("source_offset", pa.int64(), nullable=False),
+            pa.field("source_incarnation", pa.string(), nullable=False),
         ]).with_metadata(meta)
         self._chunks = self._open(f"{self.collection}__chunks", self._chunks_schema, create)
         self._docs = self._open(f"{self.collection}__docs", self._docs_schema, create)
@@ -250,7 +251,7 @@ class LanceDBStore:
         """Add the source_* columns to document tables written by earlier versions."""
         have = set(self._docs.schema.names)
         missing = {"source_topic": "''", "source_partition": "CAST(-1 AS INT)",
-                   "source_offset": "CAST(-1 AS BIGINT)"}
+                   "source_offset": "CAST(-1 AS BIGINT)", "source_incarnation": "''"}
         add = {k: v for k, v in missing.items() if k not in have}
         if add:
             self._guard("migrate document table", self._docs.add_columns, add)
@@ -273,7 +274,7 @@ class LanceDBStore:
 
     # -- reads --------------------------------------------------------------------------
     def get_states(self, doc_ids: Iterable[str]) -> dict[str, DocState]:
-        ids = list(dict.fromkeys(doc_ids))
+        ids = [d for d in dict.fromkeys(doc_ids) if doc_id_problem(d) is None]  # others cannot be stored
         out: dict[str, DocState] = {}
         for i in range(0, len(ids), 1000):
             part = ids[i:i + 1000]
@@ -323,21 +324,47 @@ class LanceDBStore:
         return sorted(tbl.to_pylist(), key=lambda r: r["chunk_index"])
 
     # -- writes -------------------------------------------------------------------------
+    #: merge condition of every chunk and state write: never replace a row by an older version
+    _NOT_OLDER = "target.version <= source.version"
+
     def upsert_chunks(self, chunks: Sequence[ChunkRecord]) -> None:
-        if not chunks:
-            return
-        table = self._chunk_table(chunks)
-        self._guard("upsert", lambda: self._chunks.merge_insert("id").when_matched_update_all()
-                    .when_not_matched_insert_all().execute(table))
+        self.write_chunks(chunks, [])
+
+    def _stale_docs(self, chunks: Sequence[ChunkRecord]) -> dict[str, str]:
+        """Documents of ``chunks`` the store holds in a newer version (state or chunks), with why.
+
+        One read of the states and one of the chunk rows at the ids written. With one writer per
+        table (LanceDB's rule) nothing can change between this read and the write; the merge
+        condition also refuses replacing a newer chunk row, and a shortfall in its counts is
+        reported as stale too."""
+        incoming: dict[str, int] = {}
+        for c in chunks:
+            incoming[c.doc_id] = min(c.version, incoming.get(c.doc_id, c.version))
+        stored = {d: st.version for d, st in self.get_states(list(incoming)).items()}
+        ids = [chunk_uuid(c.doc_id, c.chunk_index) for c in chunks]
+        for i in range(0, len(ids), 1000):
+            part = ids[i:i + 1000]
+            tbl = self._guard("read chunk versions", lambda: self._chunks.search().where(self._in("id", part))
+                              .select(["doc_id", "version"]).limit(None).to_arrow())
+            for d, v in zip(tbl.column("doc_id").to_pylist(), tbl.column("version").to_pylist()):
+                stored[d] = max(v, stored.get(d, v))
+        return {d: f"stored version {stored[d]} is newer than {v}" for d, v in incoming.items()
+                if stored.get(d, v) > v}
 
     def _chunk_table(self, chunks: Sequence[ChunkRecord]) -> pa.Table:
+        self._check_chunks(chunks)
+        vecs = np.stack([c.vector for c in chunks]).astype(np.float32, copy=False)
+        return self._arrow_chunks(chunks, vecs)
+
+    def _check_chunks(self, chunks: Sequence[ChunkRecord]) -> None:
         for c in chunks:
             if c.fingerprint != self.fingerprint:
                 raise FingerprintMismatch(f"chunk of {c.doc_id!r} has fingerprint {c.fingerprint!r}; "
                                           f"this collection holds {self.fingerprint!r}")
             if c.vector.shape != (self.dim,):
                 raise FingerprintMismatch(f"chunk of {c.doc_id!r} has dim {c.vector.shape}, expected {self.dim}")
-        vecs = np.stack([c.vector for c in chunks]).astype(np.float32, copy=False)
+
+    def _arrow_chunks(self, chunks: Sequence[ChunkRecord], vecs: np.ndarray) -> pa.Table:
         return pa.table({
             "id": [chunk_uuid(c.doc_id, c.chunk_index) for c in chunks],
             "doc_id": [c.doc_id for c in chunks],
@@ -353,27 +380,52 @@ class LanceDBStore:
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), self.dim),
         }, schema=self._chunks_schema)
 
-    def write_chunks(self, chunks: Sequence[ChunkRecord], deletes: Sequence[tuple[str, int]]) -> None:
-        """Upsert ``chunks`` and delete, per ``(doc_id, from_index)``, the document's chunks from that
-        index on that are not in ``chunks`` - in one table version (one commit instead of two)."""
-        if not chunks or not deletes or len(deletes) > 500:
-            self.upsert_chunks(chunks)
+    def write_chunks(self, chunks: Sequence[ChunkRecord], deletes: Sequence[tuple]) -> None:
+        """Upsert ``chunks`` and delete, per ``(doc_id, from_index[, max_version])``, the document's
+        chunks from that index on that are not in ``chunks`` - in one table version (one commit
+        instead of two). Documents held in a newer version are neither written nor deleted from
+        (:class:`StaleWrite` after the rest is done)."""
+        self._check_chunks(chunks)
+        check_doc_ids([c.doc_id for c in chunks] + [d[0] for d in deletes])
+        stale = self._stale_docs(chunks) if chunks else {}
+        if stale:
+            chunks = [c for c in chunks if c.doc_id not in stale]
+            deletes = [d for d in deletes if d[0] not in stale]
+        if chunks:
+            table = self._chunk_table(chunks)
+            merge = self._chunks.merge_insert("id").when_matched_update_all(where=self._NOT_OLDER) \
+                .when_not_matched_insert_all()
+            combined = bool(deletes) and len(deletes) <= 500
+            if combined:
+                merge = merge.when_not_matched_by_source_delete(self._delete_predicate(deletes))
+            res = self._guard("upsert", merge.execute, table)
+            if not combined:
+                self.delete_chunks_many(deletes)
+            if res is not None and res.num_updated_rows + res.num_inserted_rows < table.num_rows:
+                # a newer row appeared after the check (another writer, against LanceDB's rule)
+                stale.update(self._stale_docs(chunks))
+        else:
             self.delete_chunks_many(deletes)
-            return
-        table = self._chunk_table(chunks)
-        pred = self._delete_predicate(deletes)
-        self._guard("upsert", lambda: self._chunks.merge_insert("id").when_matched_update_all()
-                    .when_not_matched_insert_all().when_not_matched_by_source_delete(pred).execute(table))
+        if stale:
+            raise StaleWrite(f"{len(stale)} document(s) not written: the store holds a newer version "
+                             f"(e.g. {next(iter(stale.items()))})", object_errors=stale)
 
     @staticmethod
-    def _delete_predicate(items: Sequence[tuple[str, int]]) -> str:
-        return " OR ".join(f"(doc_id = {_q(d)} AND chunk_index >= {int(k)})" for d, k in items)
+    def _delete_predicate(items: Sequence[tuple]) -> str:
+        def one(item: tuple) -> str:
+            pred = f"doc_id = {_q(item[0])} AND chunk_index >= {int(item[1])}"
+            if len(item) > 2 and item[2] is not None:
+                pred += f" AND version <= {int(item[2])}"  # never delete newer chunks
+            return f"({pred})"
+        return " OR ".join(one(i) for i in items)
 
-    def delete_chunks(self, doc_id: str, from_index: int = 0) -> int:
-        return self.delete_chunks_many([(doc_id, from_index)])
+    def delete_chunks(self, doc_id: str, from_index: int = 0, max_version: int | None = None) -> int:
+        return self.delete_chunks_many([(doc_id, from_index, max_version)])
 
-    def delete_chunks_many(self, items: Sequence[tuple[str, int]]) -> int:
-        """Delete chunks of several documents in one table version."""
+    def delete_chunks_many(self, items: Sequence[tuple]) -> int:
+        """Delete chunks of several documents in one table version; items are
+        ``(doc_id, from_index[, max_version])``."""
+        check_doc_ids([d[0] for d in items])
         total = 0
         for i in range(0, len(items), 500):
             part = items[i:i + 500]
@@ -388,9 +440,23 @@ class LanceDBStore:
         for s in states:
             if s.fingerprint != self.fingerprint:
                 raise FingerprintMismatch(f"state of {s.doc_id!r} has fingerprint {s.fingerprint!r}")
-        table = pa.Table.from_pylist([s.__dict__ for s in states], schema=self._docs_schema)
-        self._guard("write states", lambda: self._docs.merge_insert("doc_id").when_matched_update_all()
-                    .when_not_matched_insert_all().execute(table))
+        check_doc_ids([s.doc_id for s in states])
+        stored = {d: st.version for d, st in self.get_states([s.doc_id for s in states]).items()}
+        stale = {s.doc_id: f"stored version {stored[s.doc_id]} is newer than {s.version}"
+                 for s in states if stored.get(s.doc_id, s.version) > s.version}
+        states = [s for s in states if s.doc_id not in stale]
+        if states:
+            table = pa.Table.from_pylist([s.__dict__ for s in states], schema=self._docs_schema)
+            res = self._guard("write states", lambda: self._docs.merge_insert("doc_id")
+                              .when_matched_update_all(where=self._NOT_OLDER)
+                              .when_not_matched_insert_all().execute(table))
+            if res is not None and res.num_updated_rows + res.num_inserted_rows < table.num_rows:
+                now = self.get_states([s.doc_id for s in states])
+                stale.update({s.doc_id: f"stored version {now[s.doc_id].version} is newer than {s.version}"
+                              for s in states if s.doc_id in now and now[s.doc_id].version > s.version})
+        if stale:
+            raise StaleWrite(f"{len(stale)} state(s) not written: the store holds a newer version "
+                             f"(e.g. {next(iter(stale.items()))})", object_errors=stale)
 
     #: optimize() removes table versions older than this. LanceDB's default keeps 7 days, and a
     #: worker commits several versions per second (each a manifest plus small data/deletion

@@ -40,6 +40,7 @@ import math
 import random
 import re
 import time
+import dataclasses
 import uuid as uuid_lib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
@@ -72,7 +73,10 @@ from app.store.base import (
     FingerprintMismatch,
     PermanentStoreError,
     SearchHit,
+    StaleWrite,
     TransientStoreError,
+    check_doc_ids,
+    doc_id_problem,
 )
 
 log = logging.getLogger(__name__)
@@ -98,19 +102,10 @@ CHUNK_PROPERTIES = [
     "text",
     "metadata_json",
 ]
-DOC_PROPERTIES = [
-    "doc_id",
-    "version",
-    "content_hash",
-    "fingerprint",
-    "chunk_count",
-    "deleted",
-    "event_time_ms",
-    "updated_time_ms",
-    "source_topic",
-    "source_partition",
-    "source_offset",
-]
+#: document-state properties: one per DocState field (str -> text, field-tokenised; int; bool),
+#: so a field added to DocState is stored, read back and added to existing collections as is
+_DOC_FIELDS = {f.name: f for f in dataclasses.fields(DocState)}
+DOC_PROPERTIES = list(_DOC_FIELDS)
 _SEARCH_PROPERTIES = ["doc_id", "chunk_index", "text", "version", "metadata_json"]
 
 _TRANSIENT_GRPC_CODES = {
@@ -146,6 +141,37 @@ _TRANSIENT_MARKERS = (
 def doc_state_uuid(doc_id: str) -> str:
     """Deterministic object id of a document state."""
     return str(uuid_lib.uuid5(DOC_NAMESPACE, doc_id))
+
+
+def _doc_property(name: str) -> Property:
+    kind = str(_DOC_FIELDS[name].type)
+    if kind == "str":
+        return Property(name=name, data_type=DataType.TEXT, tokenization=Tokenization.FIELD)
+    if kind == "bool":
+        return Property(name=name, data_type=DataType.BOOL)
+    if kind == "int":
+        return Property(name=name, data_type=DataType.INT)
+    raise TypeError(f"DocState.{name}: type {kind} has no Weaviate property mapping")
+
+
+def _state_properties(state: DocState) -> dict[str, Any]:
+    return {name: getattr(state, name) for name in DOC_PROPERTIES}
+
+
+def _state_from(p: Mapping[str, Any]) -> DocState:
+    """A DocState from stored properties; a property the object lacks (written before its
+    field existed) takes the field's default."""
+    values: dict[str, Any] = {}
+    for name, f in _DOC_FIELDS.items():
+        v = p.get(name)
+        kind = str(f.type)
+        if v is None:
+            if f.default is not dataclasses.MISSING:
+                v = f.default
+            else:
+                v = {"str": "", "int": 0, "bool": False}[kind]
+        values[name] = int(v) if kind == "int" else bool(v) if kind == "bool" else v
+    return DocState(**values)
 
 
 def sanitise_class_name(name: str) -> str:
@@ -412,19 +438,7 @@ class WeaviateStore:
                 name=VECTOR_NAME, vector_index_config=Configure.VectorIndex.hnsw(**hnsw_kwargs)
             ),
         )
-        doc_props = [
-            text("doc_id"),
-            integer("version"),
-            text("content_hash"),
-            text("fingerprint"),
-            integer("chunk_count"),
-            Property(name="deleted", data_type=DataType.BOOL),
-            integer("event_time_ms"),
-            integer("updated_time_ms"),
-            text("source_topic"),
-            integer("source_partition"),
-            integer("source_offset"),
-        ]
+        doc_props = [_doc_property(name) for name in DOC_PROPERTIES]
         # Document states carry no vector: skip the vector index entirely.
         self._create_if_missing(
             self.docs_collection_name,
@@ -434,7 +448,19 @@ class WeaviateStore:
             ),
         )
         self._check_schema(self.collection_name, CHUNK_PROPERTIES, check_distance=True)
+        self._add_missing_properties(self.docs_collection_name, doc_props)
         self._check_schema(self.docs_collection_name, DOC_PROPERTIES, check_distance=False)
+
+    def _add_missing_properties(self, name: str, props: list[Property]) -> None:
+        """Document collections created before a DocState field existed get its property (objects
+        written before read it as null, i.e. the field's default)."""
+        config = self._call(f"read config of {name}", lambda: self._client.collections.use(name).config.get())
+        have = {p.name for p in config.properties}
+        for prop in props:
+            if prop.name not in have:
+                self._call(f"add property {prop.name} to {name}",
+                           lambda: self._client.collections.use(name).config.add_property(prop))
+                log.info("added property %s to Weaviate collection %s", prop.name, name)
 
     def _create_if_missing(self, name: str, **config: Any) -> None:
         """Exists-check, then create; losing a creation race ("already exists") is fine."""
@@ -572,11 +598,26 @@ class WeaviateStore:
 
     # ------------------------------------------------------------------ protocol: writes
     def upsert_chunks(self, chunks: Sequence[ChunkRecord]) -> None:
-        """Insert or replace chunk objects by id (gRPC batch); see the module doc for errors."""
+        """Insert or replace chunk objects by id (gRPC batch); see the module doc for errors.
+
+        Version guard: chunks of a document whose stored state, or whose stored chunk at one of
+        the ids written, has a higher version are not written (:class:`StaleWrite` after the rest
+        is). Weaviate has no compare-and-set, so this reads before it writes (one query for the
+        states, one per 1000 chunk ids); a newer version written by another worker between that
+        read and this batch's BatchObjects call (one round trip) is overwritten. That residual
+        race needs two workers writing one document at the same moment, i.e. a zombie whose
+        partition was reassigned; the states it then writes are refused by :meth:`put_states`
+        (which reads again), so the pipeline counts it stale, but the chunks it overwrote keep
+        the older content until the document's next change.
+        """
         vectors = [self._checked_vector(chunk) for chunk in chunks]  # all checked before any write
+        check_doc_ids([c.doc_id for c in chunks])
+        stale = self._stale_docs(chunks) if chunks else {}
         objects: dict[str, Any] = {}
         invalid: dict[str, str] = {}
         for chunk, vector in zip(chunks, vectors):
+            if chunk.doc_id in stale:
+                continue
             if vector is None:
                 invalid[chunk.id] = "vector has NaN or infinite values"
                 objects.pop(chunk.id, None)
@@ -587,52 +628,74 @@ class WeaviateStore:
             )
         self._write(
             self._chunks, objects, keys={oid: oid for oid in [*objects, *invalid]}, what="upsert chunks",
-            refused=invalid,
+            refused=invalid, stale=stale,
         )
 
+    def _stale_docs(self, chunks: Sequence[ChunkRecord]) -> dict[str, str]:
+        """Documents of ``chunks`` stored in a newer version (their state or a chunk at these ids)."""
+        incoming: dict[str, int] = {}
+        for c in chunks:
+            incoming[c.doc_id] = min(c.version, incoming.get(c.doc_id, c.version))
+        stored = {d: st.version for d, st in self.get_states(list(incoming)).items()}
+        ids = list(dict.fromkeys(c.id for c in chunks))
+        for page in _batches(ids, 1000):
+            res = self._call(
+                "read chunk versions",
+                lambda: self._chunks.query.fetch_objects_by_ids(
+                    list(page), limit=len(page), return_properties=["doc_id", "version"]),
+            )
+            for obj in res.objects:
+                d, v = obj.properties.get("doc_id"), int(obj.properties.get("version") or 0)
+                if d in incoming:
+                    stored[d] = max(v, stored.get(d, v))
+        return {d: f"stored version {stored[d]} is newer than {v}" for d, v in incoming.items()
+                if stored.get(d, v) > v}
+
     def put_states(self, states: Sequence[DocState]) -> None:
-        """Insert or replace document states by doc id (object_errors are keyed by doc id)."""
-        objects: dict[str, Any] = {}
-        keys: dict[str, str] = {}
+        """Insert or replace document states by doc id (object_errors are keyed by doc id).
+
+        A state whose version is below the stored one is not written (:class:`StaleWrite`, after
+        the others were). Weaviate has no conditional write: the stored versions are read first
+        (one query), so a newer state written by someone else between that read and this batch
+        (one round trip) would still be overwritten - see :meth:`upsert_chunks`.
+        """
         for state in states:
             if state.fingerprint != self.fingerprint:
                 raise FingerprintMismatch(
                     f"state of {state.doc_id!r} has fingerprint {state.fingerprint!r}; "
                     f"this store holds {self.fingerprint!r}",
                 )
+        check_doc_ids([s.doc_id for s in states])
+        stored = self.get_states([s.doc_id for s in states]) if states else {}
+        stale = {s.doc_id: f"stored version {stored[s.doc_id].version} is newer than {s.version}"
+                 for s in states if s.doc_id in stored and stored[s.doc_id].version > s.version}
+        objects: dict[str, Any] = {}
+        keys: dict[str, str] = {}
+        for state in states:
+            if state.doc_id in stale:
+                continue
             oid = doc_state_uuid(state.doc_id)
             keys[oid] = state.doc_id
-            objects[oid] = DataObject(
-                uuid=oid,
-                properties={
-                    "doc_id": state.doc_id,
-                    "version": int(state.version),
-                    "content_hash": state.content_hash,
-                    "fingerprint": state.fingerprint,
-                    "chunk_count": int(state.chunk_count),
-                    "deleted": bool(state.deleted),
-                    "event_time_ms": int(state.event_time_ms),
-                    "updated_time_ms": int(state.updated_time_ms),
-                    "source_topic": state.source_topic,
-                    "source_partition": int(state.source_partition),
-                    "source_offset": int(state.source_offset),
-                },
-            )
-        self._write(self._docs, objects, keys=keys, what="put states")
+            objects[oid] = DataObject(uuid=oid, properties=_state_properties(state))
+        self._write(self._docs, objects, keys=keys, what="put states", stale=stale)
 
-    def delete_chunks(self, doc_id: str, from_index: int = 0) -> int:
-        """Delete chunks of ``doc_id`` with chunk_index >= from_index; returns how many."""
-        return self.delete_chunks_many([(doc_id, from_index)])
+    def delete_chunks(self, doc_id: str, from_index: int = 0, max_version: int | None = None) -> int:
+        """Delete chunks of ``doc_id`` with chunk_index >= from_index (and version <= max_version)."""
+        return self.delete_chunks_many([(doc_id, from_index, max_version)])
 
-    def delete_chunks_many(self, items: Sequence[tuple[str, int]]) -> int:
-        """Delete ``(doc_id, from_index)`` tails of several documents (one filter per 100 docs)."""
+    def delete_chunks_many(self, items: Sequence[tuple]) -> int:
+        """Delete ``(doc_id, from_index[, max_version])`` tails of several documents (one filter per
+        100 docs); with ``max_version`` only chunks of that version or older (never newer ones)."""
+        check_doc_ids([item[0] for item in items])
         total = 0
         for part in _batches(list(items), 100):
-            clauses = [
-                Filter.by_property("doc_id").equal(doc_id)
-                & Filter.by_property("chunk_index").greater_or_equal(int(from_index))
-                for doc_id, from_index in part
-            ]
+            clauses = []
+            for item in part:
+                clause = Filter.by_property("doc_id").equal(item[0]) \
+                    & Filter.by_property("chunk_index").greater_or_equal(int(item[1]))
+                if len(item) > 2 and item[2] is not None:
+                    clause = clause & Filter.by_property("version").less_or_equal(int(item[2]))
+                clauses.append(clause)
             where = clauses[0] if len(clauses) == 1 else Filter.any_of(clauses)
             what = f"delete chunks of {part[0][0]!r}"
             if len(part) > 1:
@@ -668,12 +731,15 @@ class WeaviateStore:
         keys: Mapping[str, str],
         what: str,
         refused: Mapping[str, str] | None = None,
+        stale: Mapping[str, str] | None = None,
     ) -> None:
-        """Write all objects; then raise PermanentStoreError for refused/failed ones, if any."""
+        """Write all objects; then raise PermanentStoreError for refused/failed ones, if any, or
+        StaleWrite when the only ones not written are documents ``stale`` (doc id -> reason)."""
         permanent: dict[str, str] = dict(refused or {})
         items = list(objects.items())
         for batch in _batches(items, self.batch_size):
             permanent.update(self._write_batch(collection, dict(batch), what))
+        stale = dict(stale or {})
         if permanent:
             errors = {keys[oid]: msg for oid, msg in permanent.items()}
             sample = next(iter(errors.items()))
@@ -683,7 +749,11 @@ class WeaviateStore:
                     f"(the others were written); e.g. {sample[0]}: {sample[1]}"
                 ),
                 object_errors={k: self._scrub(v) for k, v in errors.items()},
+                stale=stale,
             )
+        if stale:
+            raise StaleWrite(f"{what}: {len(stale)} document(s) not written, the store holds a newer "
+                             f"version (e.g. {next(iter(stale.items()))})", object_errors=stale)
 
     def _write_batch(self, collection: Any, pending: dict[str, Any], what: str) -> dict[str, str]:
         """Write one batch; retry transient failures; return permanent per-object errors."""
@@ -794,8 +864,10 @@ class WeaviateStore:
 
     # ------------------------------------------------------------------ protocol: reads
     def get_states(self, doc_ids: Iterable[str]) -> dict[str, DocState]:
-        """One ContainsAny query on the FIELD-tokenised doc_id per page of ids."""
-        wanted = list(dict.fromkeys(doc_ids))
+        """One ContainsAny query on the FIELD-tokenised doc_id per page of ids. Ids no store
+        accepts (surrounding whitespace) cannot be stored: they are absent without a query, and
+        they would match their trimmed twin under ``field`` tokenisation."""
+        wanted = [d for d in dict.fromkeys(doc_ids) if doc_id_problem(d) is None]
         out: dict[str, DocState] = {}
         for page in _batches(wanted, QUERY_MAXIMUM_RESULTS):
             res = self._call(
@@ -810,19 +882,7 @@ class WeaviateStore:
                 p = obj.properties
                 if p.get("doc_id") not in page:
                     continue
-                out[p["doc_id"]] = DocState(
-                    doc_id=p["doc_id"],
-                    version=int(p.get("version") or 0),
-                    content_hash=p.get("content_hash") or "",
-                    fingerprint=p.get("fingerprint") or "",
-                    chunk_count=int(p.get("chunk_count") or 0),
-                    deleted=bool(p.get("deleted")),
-                    event_time_ms=int(p.get("event_time_ms") or 0),
-                    updated_time_ms=int(p.get("updated_time_ms") or 0),
-                    source_topic=p.get("source_topic") or "",
-                    source_partition=int(p["source_partition"]) if p.get("source_partition") is not None else -1,
-                    source_offset=int(p["source_offset"]) if p.get("source_offset") is not None else -1,
-                )
+                out[p["doc_id"]] = _state_from(p)
         return out
 
     def fetch_vectors(self, chunk_ids: Iterable[str],

@@ -12,7 +12,8 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from app.store.base import ChunkRecord, DocState, FingerprintMismatch, VectorStore, chunk_uuid
+from app.store.base import (ChunkRecord, DocState, FingerprintMismatch, PermanentStoreError, StaleWrite, VectorStore,
+                            chunk_uuid)
 
 from .conftest import unit_vectors
 
@@ -304,3 +305,95 @@ def test_optimize_compacts_and_drops_old_versions(store_factory, tmp_path):
     assert len(store._chunks.list_versions()) < before
     assert store.count() == 24
     assert [r["chunk_index"] for r in store.chunk_rows("doc-3")] == [0, 1]
+
+
+# --------------------------------------------------------------------------- doc ids, versions
+
+
+@pytest.mark.parametrize("twin", ["doc-1 ", " doc-1", "doc-1\t", "doc-1\u00a0", "\u3000doc-1"])
+def test_doc_ids_with_surrounding_whitespace_are_refused_and_never_touch_their_trimmed_twin(store_factory, twin):
+    """Real Weaviate compares field-tokenised doc ids trimmed: "doc-1 " would match (and delete)
+    "doc-1". Every store refuses such ids, so both stores accept the same documents."""
+    store = store_factory(FP, DIM)
+    store.upsert_chunks(chunks_of("doc-1", 2))
+    store.put_states([state("doc-1", 1)])
+    with pytest.raises(PermanentStoreError) as info:
+        store.upsert_chunks(chunks_of(twin, 3, seed=4))
+    assert set(info.value.object_errors) == {twin}
+    with pytest.raises(PermanentStoreError):
+        store.put_states([state(twin, 9)])
+    with pytest.raises(PermanentStoreError):
+        store.delete_chunks(twin)
+    assert store.get_states([twin]) == {}
+    assert store.get_states(["doc-1"])["doc-1"].version == 1
+    assert store.count() == 2 and store.count_documents(include_deleted=True) == 1
+
+
+def test_a_chunk_write_older_than_the_stored_state_is_refused_and_the_rest_written(store_factory):
+    """The zombie guard: an evicted worker's late write of v5 must not touch the v6 another worker
+    stored - not even the chunk index v6 no longer has (no orphan)."""
+    store = store_factory(FP, DIM)
+    store.upsert_chunks(chunks_of("doc-a", 2, version=6, seed=1))
+    store.put_states([state("doc-a", 6, chunks=2)])
+    late = chunks_of("doc-a", 3, version=5, seed=2) + chunks_of("doc-b", 1, version=1, seed=3)
+    with pytest.raises(StaleWrite) as info:
+        store.upsert_chunks(late)
+    assert set(info.value.object_errors) == {"doc-a"} and info.value.stale == info.value.object_errors
+    assert isinstance(info.value, PermanentStoreError)
+    kept = store.fetch_vectors([chunk_uuid("doc-a", i) for i in range(3)])
+    assert set(kept) == {chunk_uuid("doc-a", 0), chunk_uuid("doc-a", 1)}
+    assert np.allclose(kept[chunk_uuid("doc-a", 0)], chunks_of("doc-a", 2, version=6, seed=1)[0].vector, atol=1e-6)
+    assert store.count() == 3  # doc-a's two v6 chunks + doc-b
+    assert {h.version for h in store.search(late[0].vector, k=3) if h.doc_id == "doc-a"} == {6}
+
+
+def test_a_chunk_write_older_than_the_stored_chunks_is_refused(store_factory):
+    """Chunks come before the state: a newer version may be in the chunks only (its state not yet
+    written, or lost in a crash)."""
+    store = store_factory(FP, DIM)
+    store.upsert_chunks(chunks_of("doc-a", 2, version=6, seed=1))
+    with pytest.raises(StaleWrite):
+        store.upsert_chunks(chunks_of("doc-a", 2, version=5, seed=2))
+    store.upsert_chunks(chunks_of("doc-a", 2, version=6, seed=1))  # the same version again: idempotent
+    store.upsert_chunks(chunks_of("doc-a", 1, version=7, seed=3))  # newer: fine
+    assert {h.version for h in store.search(unit_vectors(1, DIM, 3)[0], k=5)} == {6, 7}
+
+
+def test_a_state_older_than_the_stored_one_is_refused_and_the_rest_written(store_factory):
+    store = store_factory(FP, DIM)
+    store.put_states([state("doc-a", 6), state("doc-t", 4, deleted=True)])
+    with pytest.raises(StaleWrite) as info:
+        store.put_states([state("doc-a", 5, deleted=True), state("doc-t", 3), state("doc-b", 1)])
+    assert set(info.value.object_errors) == {"doc-a", "doc-t"}
+    got = store.get_states(["doc-a", "doc-t", "doc-b"])
+    assert (got["doc-a"].version, got["doc-a"].deleted) == (6, False)
+    assert (got["doc-t"].version, got["doc-t"].deleted) == (4, True)  # no resurrection either
+    assert got["doc-b"].version == 1
+    store.put_states([state("doc-a", 6)])  # a redelivered batch writes the same version: fine
+    store.put_states([state("doc-a", 7, deleted=True)])
+    assert store.get_states(["doc-a"])["doc-a"].deleted
+
+
+def test_a_versioned_delete_never_removes_newer_chunks(store_factory):
+    store = store_factory(FP, DIM)
+    store.upsert_chunks(chunks_of("doc-a", 3, version=6) + chunks_of("doc-b", 2, version=2, seed=1))
+    assert store.delete_chunks("doc-a", 0, max_version=5) == 0  # a late tombstone of v5
+    assert store.delete_chunks_many([("doc-a", 1, 5), ("doc-b", 1, 2)]) == 1
+    assert store.count() == 4
+    assert store.delete_chunks("doc-a", 1, max_version=6) == 2
+    assert store.count() == 2
+
+
+def test_write_chunks_skips_the_deletes_of_a_stale_document(store_factory):
+    """LanceDB's combined write: a refused document's leftover-chunk delete is not applied either."""
+    store = store_factory(FP, DIM)
+    if not hasattr(store, "write_chunks"):
+        pytest.skip(f"{type(store).__name__} writes chunks and deletes separately")
+    store.write_chunks(chunks_of("doc-a", 3, version=6), [])
+    store.put_states([state("doc-a", 6, chunks=3)])
+    with pytest.raises(StaleWrite) as info:
+        store.write_chunks(chunks_of("doc-a", 1, version=5, seed=9) + chunks_of("doc-b", 1, seed=2),
+                           [("doc-a", 1, 5), ("doc-b", 1, 1)])
+    assert set(info.value.object_errors) == {"doc-a"}
+    assert [(r["chunk_index"], r["version"]) for r in store.chunk_rows("doc-a")] == [(0, 6), (1, 6), (2, 6)]
+    assert len(store.chunk_rows("doc-b")) == 1

@@ -223,13 +223,14 @@ def test_test_server_outage_raises_transient_fast_and_recovers(weaviate_server, 
 def test_test_server_outage_during_upsert_raises_transient_then_retry_works(weaviate_server, store):
     """Slow (~15 s): weaviate-client sleeps 1+2+4+8 s on UNAVAILABLE before giving up."""
     chunks = chunks_of("doc-a", 3, fingerprint=FP)
-    weaviate_server.down()
+    # BatchObjects only: the version guard's reads before it (Search) still answer
+    weaviate_server.faults.add("BatchObjects", grpc.StatusCode.UNAVAILABLE, times=None)
     weaviate_server.reset_calls()
     with pytest.raises(TransientStoreError, match="client's own retries"):
         store.upsert_chunks(chunks)
     # the adapter did not multiply the client's retries
     assert weaviate_server.calls("BatchObjects") == 4
-    weaviate_server.up()
+    weaviate_server.faults.clear()
     store.upsert_chunks(chunks)
     assert store.count() == 3
 
