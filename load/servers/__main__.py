@@ -45,6 +45,13 @@ def _prerequisites() -> list[str]:
         java_bin()
     except PrerequisiteMissing as exc:
         missing.append(str(exc))
+    else:
+        from load.servers.registry import registry_java
+
+        try:
+            registry_java()  # Apicurio Registry 3.x needs Java 21+ (JAVA_HOME, PATH or /usr/lib/jvm)
+        except PrerequisiteMissing as exc:
+            missing.append(str(exc))
     if shutil.which("mvn") is None:
         missing.append("`mvn` (Maven 3.8+) not found on PATH: it fetches Apache Kafka and the schema registry "
                        "from Maven Central for the tests (Debian: apt-get install maven).")

@@ -76,8 +76,8 @@ def registry_java(min_major: int = MIN_JAVA) -> str:
     have = ", ".join(f"{c} ({m})" for m, c in found) or "none"
     raise PrerequisiteMissing(f"Java {min_major}+ not found (JAVA_HOME, PATH, /usr/lib/jvm; found: {have}): "
                               f"needed to run the schema registry (Apicurio Registry {REGISTRY_VERSION}) in "
-                              f"tests. Install a JDK {min_major}+ (Debian: apt-get install openjdk-21-jre-headless) "
-                              "or point JAVA_HOME at one.")
+                              f"tests. Install a JDK {min_major}+ (e.g. Temurin 21 or 25 under /usr/lib/jvm; Debian 13: "
+                              "apt-get install openjdk-21-jre-headless) or point JAVA_HOME at one.")
 
 
 def install(version: str = REGISTRY_VERSION, quiet: bool = False) -> Path:
