@@ -68,6 +68,7 @@ TARGETS = {
     "encoder_over_sentence_transformers": (">=", 2.5),
     "latency_p95_ms": ("<=", 500.0),
     "worker_peak_rss_mb": ("<=", 1536.0),
+    "mapping_over_native": (">=", 0.95),   # --mapping debezium: saturation rate vs the native schema
 }
 
 
@@ -97,6 +98,10 @@ class BenchConfig:
     #: fetch_max_wait_ms (1500) replaced by this value, to quantify the recommended change
     keep_dir: bool = False
     quick: bool = False
+    #: also measure saturation with this input mapping ("debezium") against the native schema:
+    #: rounds native, mapping, native, mapping ... (``mapping_reps`` of each), fresh worker each
+    mapping: str | None = None
+    mapping_reps: int = 2
 
     @classmethod
     def quick_config(cls, **kw) -> "BenchConfig":
@@ -779,6 +784,10 @@ class Bench:
                        "cpu_s_total": round(_proc_cpu_s(self.worker.pid), 2)}
         self._stop_worker()
 
+        # --- g) an input mapping against the native schema --------------------------------
+        if cfg.mapping:
+            R["mapping"] = self._mapping_rounds(s, encoder, texts, docs, workdir)
+
         # --- a) encoder alone (after) ---------------------------------------------------
         for _ in range(cfg.encoder_runs - 1):
             with CpuMeter(self._pids) as m:
@@ -796,6 +805,79 @@ class Bench:
         if pipe.get("worker_cpu_ms_per_event"):
             # load-independent view: CPU cost of the encoder alone / the worker's CPU cost per event
             R["cpu_efficiency_pipeline_over_encoder"] = R["encoder"]["cpu_ms_per_doc"] / pipe["worker_cpu_ms_per_event"]
+
+    def _mapping_rounds(self, s, encoder, texts, docs, workdir: Path) -> dict:
+        """Saturation throughput of the same texts as native DocumentChange records and as records of
+        ``cfg.mapping`` (debezium: a PostgreSQL connector's JSON with the schema envelope, mapped by an
+        inputs file), alternating, a fresh worker, topic, group and data directory per round; rate =
+        events / (first batch start .. last batch end) from the worker's batch log, as in b)."""
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        from app.components import build_codec
+        from app.topics import create_topics, load_specs
+        from load.cdc import PostgresTable
+        from load.loadgen import Change, debezium_encoder, make_producer, produce
+
+        cfg = self.cfg
+        if cfg.mapping != "debezium":
+            raise BenchError(f"--mapping {cfg.mapping!r}: only debezium is measured")
+        rounds = []
+        for i, kind in enumerate(["native", cfg.mapping] * cfg.mapping_reps):
+            tag = uuid.uuid4().hex[:6]
+            s2 = s.replace(app_id=f"bench-map-{tag}", changes_topic=f"bench-map-changes-{tag}",
+                           alerts_topic=f"bench-map-alerts-{tag}", dlq_topic=f"bench-map-dlq-{tag}",
+                           data_dir=str(workdir / f"map-{i}"))
+            create_topics(s2, replication_factor=1, echo=lambda m: None)
+            env = self._worker_env(s2)
+            changes = [Change("new", f"map-{tag}-{j:05d}", "UPSERT", 1, t, {"title": d.title, "topic": d.topic},
+                              f"bench-map-{j}") for j, (t, d) in enumerate(zip(texts, docs))]
+            topic, encode = s2.changes_topic, None
+            if kind == "debezium":
+                encode = debezium_encoder(PostgresTable(server=f"bench{tag}"))
+                topic = encode.table.topic
+                parts = next(t.partitions for t in load_specs(s2) if t.role == "changes")
+                admin = AdminClient(s2.kafka_config())  # keep a reference: a collected client cancels its futures
+                admin.create_topics([NewTopic(topic, parts, 1)])[topic].result(30)
+                inputs = workdir / f"inputs-{i}.toml"
+                inputs.write_text(encode.table.inputs_toml())
+                env["EMBEDSTREAM_INPUTS"] = str(inputs)
+            producer = make_producer(s2.kafka_config(), {"linger.ms": 20})
+            st = produce(changes, producer, topic, build_codec(s2), rate=None, encode=encode)
+            if st.failed:
+                raise BenchError(f"mapping round {i}: pre-producing failed: {st.errors[:3]}")
+            self.worker_log_path = workdir / f"worker-map-{i}.log"
+            self.worker = subprocess.Popen([sys.executable, "-m", "app", "worker"], cwd=REPO, env=env,
+                                           stdout=open(self.worker_log_path, "ab"), stderr=subprocess.STDOUT)
+            sampler = Sampler(lambda: self.worker.pid if self.worker and self.worker.poll() is None else None).start()
+            try:
+                with CpuMeter(self._pids) as m:
+                    self._wait_indexed(s2, encoder, len(texts), cfg.timeout_s, f"mapping round {i} ({kind})")
+                time.sleep(0.3)  # a sample after the last batch's end
+            finally:
+                sampler.stop()
+                self._stop_worker()
+            b = parse_batches(self._worker_log())
+            if not b or sum(x["events"] for x in b) < len(texts):
+                raise BenchError(f"mapping round {i} ({kind}): the worker log has {len(b)} batch lines")
+            window = (b[-1]["end_ms"] - b[0]["start_ms"]) / 1000
+            cpu = sampler.window(b[0]["start_ms"], b[-1]["end_ms"]) or {}
+            rounds.append({"kind": kind, "events": len(texts), "bytes": st.bytes, "window_s": round(window, 3),
+                           "events_per_s": len(texts) / window, "batches": len(b), "cpu": cpu,
+                           "worker_cpu_ms_per_event": round(1000 * cpu["worker_cpu_s"] / len(texts), 2) if cpu else None,
+                           "foreign_cpu_cores": m.result.get("foreign_cpu_cores") if m.result else None})
+            self.say(f"[bench] mapping round {i} {kind}: {len(texts) / window:.1f} events/s, worker "
+                     f"{rounds[-1]['worker_cpu_ms_per_event']} CPU ms/event ({st.bytes / len(texts):.0f} bytes/event)")
+        med = {k: statistics.median(r["events_per_s"] for r in rounds if r["kind"] == k)
+               for k in ("native", cfg.mapping)}
+        out = {"mapping": cfg.mapping, "reps": cfg.mapping_reps, "rounds": rounds,
+               "native_events_per_s": med["native"], "mapping_events_per_s": med[cfg.mapping],
+               "ratio": med[cfg.mapping] / med["native"]}
+        # load-independent view (a shared machine steals wall time unevenly): worker CPU per event
+        cpu = {k: [r["worker_cpu_ms_per_event"] for r in rounds if r["kind"] == k and r["worker_cpu_ms_per_event"]]
+               for k in ("native", cfg.mapping)}
+        if all(cpu.values()):
+            out["cpu_ratio_native_over_mapping"] = statistics.median(cpu["native"]) / statistics.median(cpu[cfg.mapping])
+        return out
 
     def _start_profile(self, workdir: Path):
         exe = find_py_spy()
@@ -829,10 +911,13 @@ class Bench:
             "encoder_over_sentence_transformers": (R.get("baseline") or {}).get("ratio"),
             "latency_p95_ms": (R.get("latency") or {}).get("p95_ms"),
             "worker_peak_rss_mb": (R.get("worker") or {}).get("peak_rss_mb"),
+            "mapping_over_native": (R.get("mapping") or {}).get("ratio"),
         }
         out = {}
         for k, (op, target) in TARGETS.items():
             v = values[k]
+            if k == "mapping_over_native" and v is None:
+                continue  # not measured (no --mapping)
             met = None if v is None or v != v else (v >= target if op == ">=" else v <= target)
             out[k] = {"value": v, "target": f"{op} {target:g}", "met": met}
         return out
@@ -1040,6 +1125,14 @@ def format_table(R: dict) -> str:
         lines.append(f"profile [{tname}] {t['seconds']:.1f}s: {cats}")
     lines.append(f"latency phase: {lat['batches']} batches, mean {lat['mean_batch_events']} events, "
                  f"mean batch {lat['mean_batch_total_ms']} ms (store {lat['mean_batch_store_ms']} ms)")
+    if R.get("mapping"):
+        mp = R["mapping"]
+        lines.append(f"mapping {mp['mapping']} vs native (median of {mp['reps']} rounds each, alternating): "
+                     f"{mp['mapping_events_per_s']:.1f} vs {mp['native_events_per_s']:.1f} events/s = "
+                     f"{mp['ratio']:.3f}; CPU per event native/mapping "
+                     f"{mp.get('cpu_ratio_native_over_mapping', float('nan')):.3f} (rounds: "
+                     + ", ".join(f"{r['kind']} {r['events_per_s']:.1f}/s {r['worker_cpu_ms_per_event']} ms"
+                                 for r in mp["rounds"]) + ")")
     return "\n".join(lines)
 
 
@@ -1075,6 +1168,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap-servers", help="use this Kafka (topics are created) instead of starting a broker")
     p.add_argument("--timeout", type=float, help="seconds to wait in each phase (default 600; quick 60)")
     p.add_argument("--keep-dir", action="store_true", help="keep the temporary directory (worker log, LanceDB)")
+    p.add_argument("--mapping", choices=("debezium",),
+                   help="also measure saturation with this input mapping against the native schema: same texts, "
+                        "alternating rounds, a fresh worker each (target: >= 0.95 of native)")
+    p.add_argument("--mapping-reps", type=int, help="rounds of each with --mapping (default 2)")
     return p
 
 
@@ -1101,7 +1198,8 @@ def main(argv: list[str] | None = None) -> int:
                       ("latency_fraction", "latency_fraction"), ("latency_rate", "latency_rate"), ("encoder_runs", "encoder_runs"),
                       ("threads", "threads"), ("baseline_python", "baseline_python"),
                       ("baseline_model", "baseline_model"), ("timeout", "timeout_s"),
-                      ("bootstrap_servers", "bootstrap_servers"), ("broker", "broker"), ("profile", "profile"), ("profile_phase", "profile_phase")):
+                      ("bootstrap_servers", "bootstrap_servers"), ("broker", "broker"), ("profile", "profile"), ("profile_phase", "profile_phase"),
+                      ("mapping", "mapping"), ("mapping_reps", "mapping_reps")):
         v = getattr(args, name)
         if v is not None:
             kw[key] = v

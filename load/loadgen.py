@@ -280,10 +280,35 @@ def make_producer(kafka_config: dict, extra: dict | None = None):
     return Producer(conf)
 
 
+def debezium_encoder(table=None) -> Callable[[Change, int], tuple[bytes, bytes | None]]:
+    """(key, value) of a change as a Debezium PostgreSQL connector would send it for a
+    ``documents(id, title, body)`` table (:class:`load.cdc.PostgresTable`, JSON with the schema
+    envelope): new -> op c, other upserts -> u, DELETE -> d, tombstone -> null value; the LSN is
+    the change's version (it grows per document, as a row's LSNs do). Map the topic with
+    ``table.inputs_toml()``: the embedded text is the body, so the same documents cost the worker
+    the same encoder work as in the native schema."""
+    from load.cdc import PostgresTable
+
+    table = table or PostgresTable()
+
+    def encode(change: Change, event_time_ms: int) -> tuple[bytes, bytes | None]:
+        key = table.key(change.doc_id)
+        if change.op is None:
+            return key, None
+        if change.op == "DELETE":
+            return key, table.value("d", change.doc_id, change.version, event_time_ms)
+        op = "c" if change.kind == "new" else "u"
+        return key, table.value(op, change.doc_id, change.version, event_time_ms,
+                                title=change.metadata.get("title"), body=change.text)
+    encode.table = table
+    return encode
+
+
 def produce(changes: Iterable[Change], producer, topic: str, codec, *, rate: float | None = None,
             max_events: int | None = None, duration: float | None = None, framing: str = "auto",
             progress_every: float = 5.0, progress: Callable[[str], None] | None = None,
-            record: bool = False, flush_timeout: float = 60.0) -> Stats:
+            record: bool = False, flush_timeout: float = 60.0,
+            encode: Callable[[Change, int], tuple[bytes, bytes | None]] | None = None) -> Stats:
     """Send changes at ``rate`` events/s (None: as fast as possible) until the iterator ends,
     ``max_events`` were sent or ``duration`` seconds passed; then wait for every delivery report.
 
@@ -328,7 +353,7 @@ def produce(changes: Iterable[Change], producer, topic: str, codec, *, rate: flo
         except StopIteration:
             break
         et = change.event_time_ms if change.event_time_ms is not None else now_ms()
-        key, value = encode_change(codec, change, et, framing, topic)
+        key, value = encode(change, et) if encode is not None else encode_change(codec, change, et, framing, topic)
         while True:
             try:
                 producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
@@ -375,6 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="key skew: Zipf exponent over documents by creation rank (0 = uniform; default 1.0)")
     p.add_argument("--key-space", type=int, default=0, help="at most N distinct documents (default unlimited)")
     p.add_argument("--id-prefix", default="doc", help="doc_id prefix (default 'doc': doc-0000000, ...)")
+    p.add_argument("--mapping", default="document_change", choices=("document_change", "debezium"),
+                   help="record format: document_change (the native schema) or debezium (what a Debezium "
+                        "PostgreSQL connector sends for a documents(id, title, body) table; JSON with the "
+                        "schema envelope; prints the [[input]] entry that maps the topic)")
     p.add_argument("--framing", default="auto", choices=("auto", "single-object", "confluent"),
                    help="Avro framing (auto: Confluent when EMBEDSTREAM_SCHEMA_REGISTRY_URL is set)")
     p.add_argument("--producer-config", action="append", default=[], metavar="KEY=VALUE",
@@ -437,7 +466,13 @@ def main(argv: list[str] | None = None) -> int:
     say(f"[loadgen] producing to {topic} on {settings.bootstrap_servers}: rate={args.rate}/s "
         f"events={args.events} duration={args.duration} seed={args.seed} mix={args.mix} zipf={args.zipf}")
     try:
+        encode = None
+        if args.mapping == "debezium":
+            encode = debezium_encoder()
+            say(f"[loadgen] debezium records; map the topic with (EMBEDSTREAM_INPUTS):\n"
+                + encode.table.inputs_toml().replace(encode.table.topic, topic))
         stats = produce(stream, producer, topic, codec, rate=rate, max_events=args.events, duration=args.duration,
+                        encode=encode,
                         framing=args.framing, progress_every=args.progress_interval, progress=say)
     except KeyboardInterrupt:
         remaining = producer.flush(30)

@@ -287,3 +287,24 @@ def test_topics_without_a_mapping_decode_natively(tmp_path):
     codec = codec_for(MAPPED, tmp_path)
     ev = ChangeEvent("d1", Op.UPSERT, 1, 0, text="hi")
     assert codec.decode(b"d1", codec.encode(ev), "embedstream.changes") == ev
+
+
+def test_loadgen_debezium_records_decode_to_the_same_changes(tmp_path):
+    from load.loadgen import ChangeStream, debezium_encoder
+
+    enc = debezium_encoder()
+    codec = codec_for(enc.table.inputs_toml(), tmp_path)
+    n = 0
+    for change in ChangeStream(seed=3, zipf=0.5).__iter__():
+        key, value = enc(change, 1_700_000_000_000)
+        ev = codec.decode(key, value, enc.table.topic)
+        assert ev.doc_id == change.doc_id
+        if change.op is None:
+            assert ev.is_tombstone
+        else:
+            assert (ev.op.value, ev.version) == (change.op, change.version)
+            if change.op == "UPSERT":
+                assert ev.text == change.text and ev.metadata == {"title": change.metadata["title"]}
+        n += 1
+        if n == 300:
+            break
