@@ -117,3 +117,24 @@ def test_events_the_worker_would_dead_letter_are_refused_before_sending():
     assert p.sent == 0
     with pytest.raises(ValueError, match="partitioner 'consistent_random'"):
         DocumentProducer("127.0.0.1:1", config={"partitioner": "consistent_random"})
+
+
+def test_embedstream_produce_checks_every_line_before_sending_any(settings):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO, settings_env
+
+    lines = [{"doc_id": "ok-1", "version": 1, "text": "fine"},
+             {"doc_id": "bad", "version": 1, "text": "a bell \u0007 in the text"}]
+    out = subprocess.run([sys.executable, "-m", "app", "produce", "-"], cwd=REPO, env=settings_env(settings),
+                         input="\n".join(json.dumps(x) for x in lines), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "line 2: control-characters" in out.stderr, out.stderr
+    assert consume_all(settings.bootstrap_servers, settings.changes_topic, 1, timeout=5) == []
+    out = subprocess.run([sys.executable, "-m", "app", "produce", "-", "--version", "4"], cwd=REPO,
+                         env=settings_env(settings), input=json.dumps({"doc_id": "ok-2", "text": "x"}),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and f"delivered 1 events to {settings.changes_topic}" in out.stderr, out.stderr
+    [m] = consume_all(settings.bootstrap_servers, settings.changes_topic, 1)
+    assert m.partition() == java_partition(b"ok-2", 8) and EventCodec().decode(m.key(), m.value()).version == 4
