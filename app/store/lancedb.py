@@ -316,12 +316,20 @@ class LanceDBStore:
             return self._guard("count", self._docs.count_rows)
         return self._guard("count", self._docs.count_rows, "deleted = false")
 
+    #: the columns of chunk_rows / all_chunk_rows (every chunk column but the vector)
+    _ROW_COLUMNS = ["id", "doc_id", "chunk_index", "chunk_count", "version", "content_hash", "fingerprint",
+                    "event_time_ms", "indexed_time_ms", "text", "metadata_json"]
+
     def chunk_rows(self, doc_id: str) -> list[dict]:
         """All chunk rows of one document (without vectors), ordered by chunk_index. For checks and tests."""
-        tbl = self._chunks.search().where(f"doc_id = {_q(doc_id)}").select(
-            ["id", "doc_id", "chunk_index", "chunk_count", "version", "content_hash", "fingerprint",
-             "event_time_ms", "indexed_time_ms", "text", "metadata_json"]).limit(None).to_arrow()
+        tbl = self._chunks.search().where(f"doc_id = {_q(doc_id)}").select(self._ROW_COLUMNS).limit(None).to_arrow()
         return sorted(tbl.to_pylist(), key=lambda r: r["chunk_index"])
+
+    def all_chunk_rows(self) -> list[dict]:
+        """Every chunk row of the collection (without vectors) in one scan, in no particular order,
+        duplicates included (a row id stored twice comes back twice). For checks (the crash harness)."""
+        return self._guard("read every chunk", lambda: self._chunks.search().select(self._ROW_COLUMNS)
+                           .limit(None).to_arrow().to_pylist())
 
     # -- writes -------------------------------------------------------------------------
     #: merge condition of every chunk and state write: never replace a row by an older version

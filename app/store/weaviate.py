@@ -945,6 +945,34 @@ class WeaviateStore:
             )
         return hits
 
+    def chunk_rows(self, doc_id: str) -> list[dict]:
+        """All chunk objects of one document (without vectors), ordered by chunk_index, as dicts with
+        the LanceDB adapter's ``chunk_rows`` keys. For checks and tests."""
+        res = self._call(
+            f"read chunks of {doc_id!r}",
+            lambda: self._chunks.query.fetch_objects(
+                filters=Filter.by_property("doc_id").equal(doc_id), limit=QUERY_MAXIMUM_RESULTS,
+                return_properties=CHUNK_PROPERTIES),
+        )
+        rows = [self._row(o) for o in res.objects if o.properties.get("doc_id") == doc_id]
+        return sorted(rows, key=lambda r: r["chunk_index"])
+
+    def all_chunk_rows(self) -> list[dict]:
+        """Every chunk object of the collection (without vectors), as ``chunk_rows`` dicts, in no
+        particular order: a cursor scan (``after`` an object id), so not capped by
+        QUERY_MAXIMUM_RESULTS. For checks (the crash harness). A failure restarts the scan."""
+        def scan() -> list[dict]:
+            return [self._row(o) for o in self._chunks.iterator(return_properties=CHUNK_PROPERTIES,
+                                                                  cache_size=1000)]
+        return self._call("read every chunk", scan)
+
+    @staticmethod
+    def _row(o: Any) -> dict:
+        r = {"id": str(o.uuid), **{k: o.properties.get(k) for k in CHUNK_PROPERTIES}}
+        for k in ("chunk_index", "chunk_count", "version", "event_time_ms", "indexed_time_ms"):
+            r[k] = int(r[k] or 0)
+        return r
+
     def _score(self, distance: float | None) -> float:
         if distance is None:
             return math.nan

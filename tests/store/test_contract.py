@@ -191,6 +191,27 @@ def test_delete_more_than_query_maximum_results(store_factory):
     assert store.count() == 1
 
 
+def test_all_chunk_rows_is_every_chunk_once_past_one_page(store_factory):
+    """The whole-collection scan of the crash harness: 2 501 chunks (Weaviate: three cursor pages of
+    1 000), each once with chunk_rows' keys and values, nothing of a deleted document."""
+    store = store_factory(FP, DIM)
+    vectors = unit_vectors(64, DIM, 5)
+    for d in range(5):
+        store.upsert_chunks([ChunkRecord(f"doc-{d}", i, 500, 1, "h", FP, 1, 2, f"t{i}", vectors[i % 64], {"d": str(d)})
+                             for i in range(500)])
+    store.upsert_chunks(chunks_of("doc-5", 1))
+    store.upsert_chunks(chunks_of("gone", 2))
+    store.delete_chunks("gone")
+    rows = store.all_chunk_rows()
+    assert len(rows) == 2_501 == len({r["id"] for r in rows}) == store.count()
+    assert {r["id"] for r in rows} == {chunk_uuid(f"doc-{d}", i) for d in range(5) for i in range(500)} | \
+        {chunk_uuid("doc-5", 0)}
+    by_id = {r["id"]: r for r in rows}
+    assert [by_id[r["id"]] for r in store.chunk_rows("doc-5")] == store.chunk_rows("doc-5")
+    assert by_id[chunk_uuid("doc-3", 7)]["chunk_index"] == 7 and by_id[chunk_uuid("doc-3", 7)]["text"] == "t7"
+    assert set(rows[0]) == set(store.chunk_rows("doc-5")[0])
+
+
 def test_states_round_trip_including_tombstones(store_factory):
     store = store_factory(FP, DIM)
     states = [state("doc-a", 3), state("doc-b", 1, chunks=7), state("doc-c", 4, deleted=True)]
