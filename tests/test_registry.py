@@ -216,7 +216,19 @@ def _readyz(port: int):
         return None, None
 
 
+def _waiting(worker, reg):
+    """wait_for that adds the worker's and the registry's last log lines to a timeout."""
+    def wait(pred, timeout, **kw):
+        try:
+            return wait_for(pred, timeout, **kw)
+        except pytest.fail.Exception as exc:
+            pytest.fail(f"{exc}\n--- worker log ---\n{worker.log()[-4000:]}\n--- registry log ---\n"
+                        f"{reg.log_tail(30)}")
+    return wait
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(420)
 def test_records_produced_while_the_registry_is_down_are_all_indexed_after_it_returns(
         settings, worker_factory, encoder, producer, tmp_path):
     """Acceptance (issue 12): valid Confluent-framed records produced while the registry is down are
@@ -231,7 +243,9 @@ def test_records_produced_while_the_registry_is_down_are_all_indexed_after_it_re
         first = producer_side.encode(ev("doc-0", 1, "written before the outage"), topic=topic)
         reg.stop()  # the outage: the registry's process is gone (connection refused)
 
-        worker = worker_factory(s)  # a fresh worker: it has no schema cached
+        # a fresh worker (no schema cached); /readyz turns 503 after 3 s of registry failures
+        worker = worker_factory(s, EMBEDSTREAM_UNREADY_AFTER_S="3")
+        wait = _waiting(worker, reg)
         producer.produce(topic, key=b"doc-0", value=first)
         n = 20
         for i in range(1, n):
@@ -245,20 +259,20 @@ def test_records_produced_while_the_registry_is_down_are_all_indexed_after_it_re
                 return {"dead-lettered": True}
             code, body = _readyz(port)
             return code == 503 and body["checks"].get("registry", {}).get("ok") is False and body
-        body = wait_for(registry_down_reported_or_dead_lettered, 120, interval=0.5,
+        body = wait(registry_down_reported_or_dead_lettered, 120, interval=0.5,
                         what="/readyz reporting the registry down")
         assert _dlq_size(s) == 0, "valid records were dead-lettered while the registry was down"
         assert "unreachable" in body["checks"]["registry"]["detail"]
         time.sleep(3)  # the records keep waiting; nothing is dead-lettered or skipped meanwhile
         assert worker.alive(), worker.log()[-3000:]
         assert _dlq_size(s) == 0
-        store = wait_for(lambda: _open_store(s, encoder), 60, what="the worker's LanceDB tables")
+        store = wait(lambda: _open_store(s, encoder), 60, what="the worker's LanceDB tables")
         assert store.count_documents() == 0
 
-        reg.start()  # same port, same schemas
-        wait_for(lambda: store.count_documents() == n, 180, interval=1, what=f"{n} documents indexed")
+        reg.start(timeout=90)  # same port, same schemas
+        wait(lambda: store.count_documents() == n, 120, interval=1, what=f"{n} documents indexed")
         assert _dlq_size(s) == 0, worker.log()[-3000:]
-        code, body = wait_for(lambda: _readyz(port)[0] == 200 and _readyz(port), 30, what="/readyz ready again")
+        code, body = wait(lambda: _readyz(port)[0] == 200 and _readyz(port), 30, what="/readyz ready again")
         assert body["checks"]["registry"]["ok"] is True
         assert "confluent-decode-error" not in worker.log() and "dead letter" not in worker.log()
         assert worker.stop() == 0, worker.log()[-3000:]
