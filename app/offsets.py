@@ -232,6 +232,27 @@ class Watermark:
         return self.method != "list-offsets-unverified"
 
 
+def _list_offsets(consumer, tp, timeout: float) -> tuple[int, int]:
+    """ListOffsets (earliest, latest) of one partition. A retriable answer - a new topic whose
+    leader is not elected yet (NOT_LEADER_FOR_PARTITION, LEADER_NOT_AVAILABLE), a broker that is
+    restarting - is asked again until ``timeout``."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    again = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError._TRANSPORT,
+             KafkaError.NOT_COORDINATOR, KafkaError.REQUEST_TIMED_OUT}
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        try:
+            return consumer.get_watermark_offsets(tp, timeout=max(0.5, deadline - time.monotonic()), cached=False)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if err is None or not (err.retriable() or err.code() in again) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(1.0, delay * 2)
+
+
 def high_watermarks(settings: Settings, topic: str, partitions: list[int] | None = None,
                     timeout: float = 15.0) -> dict[int, Watermark]:
     """Log start and end per partition: ListOffsets on Kafka; on Tansu the end is taken from
@@ -244,7 +265,7 @@ def high_watermarks(settings: Settings, topic: str, partitions: list[int] | None
     try:
         listed: dict[int, tuple[int, int]] = {}
         for p in parts:
-            lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout, cached=False)
+            lo, hi = _list_offsets(c, TopicPartition(topic, p), timeout)
             listed[p] = (max(lo, 0), max(hi, 0))
         if kafka:
             return {p: Watermark(lo, hi, "list-offsets") for p, (lo, hi) in listed.items()}
