@@ -23,9 +23,13 @@ redelivery), e.g. ``[tombstone, stale upsert]`` still deletes.
                              (``noop`` if nothing is there)
    ========================  =====================================================
 
-Events whose record is at or below the offset the stored state was last written from
-(same topic and partition) were already applied: they are ``already_applied`` and skipped.
-Tombstones carry no version, so only this offset tells a redelivered tombstone from a new one.
+Versions decide everything they can. Tombstones carry no version, so only the position of the
+record tells a redelivered tombstone from a new one: a tombstone at or below the offset the stored
+state was last written from (same topic, partition **and topic incarnation**) was already applied
+and is skipped (``already_applied``). The incarnation (the Kafka topic id, or cluster id + topic)
+matters because a recreated or mirrored topic numbers its records from 0 again: without it a new
+tombstone at a low offset would be skipped. Versioned events are never skipped by offset - a
+redelivered one is a ``duplicate`` or ``stale`` by the rules above.
 
     >>> from app.events import ChangeEvent, Op
     >>> up = lambda v: ChangeEvent("d", Op.UPSERT, v, 0, text=f"text {v}")
@@ -131,11 +135,21 @@ def fold(doc_id: str, events: Sequence[tuple[int, ChangeEvent]], stored: DocStat
     return plan
 
 
-def already_applied(stored: DocState | None, topic: str, partition: int, offset: int) -> bool:
-    """True when the stored state was written from this record or a later one of its partition."""
-    return (stored is not None and stored.source_offset >= 0 and stored.source_topic == topic
-            and stored.source_partition == partition and offset <= stored.source_offset)
+def already_applied(stored: DocState | None, topic: str, partition: int, offset: int,
+                    incarnation: str = "") -> bool:
+    """True when the stored state was written from this record or a later one of its partition,
+    in the same incarnation of the topic. A state or a record whose incarnation is unknown ("":
+    written before incarnations were recorded, or a broker that names none) compares as before,
+    by topic, partition and offset only."""
+    if stored is None or stored.source_offset < 0 or stored.source_topic != topic \
+            or stored.source_partition != partition:
+        return False
+    have = getattr(stored, "source_incarnation", "")
+    if have and incarnation and have != incarnation:
+        return False  # the topic was recreated or mirrored: its offsets started again
+    return offset <= stored.source_offset
 
 
-def with_source(state: DocState, topic: str, partition: int, offset: int) -> DocState:
-    return replace(state, source_topic=topic, source_partition=partition, source_offset=offset)
+def with_source(state: DocState, topic: str, partition: int, offset: int, incarnation: str = "") -> DocState:
+    return replace(state, source_topic=topic, source_partition=partition, source_offset=offset,
+                   source_incarnation=incarnation)

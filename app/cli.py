@@ -108,7 +108,7 @@ def cmd_topics(args) -> int:
 
 def cmd_worker(args) -> int:
     from app.agents import run_worker
-    from app.components import build_encoder, build_processor, open_store
+    from app.components import build_encoder, build_processor
     from app.observability import Health, Metrics, serve
     from app.topics import require_topics
 
@@ -116,16 +116,25 @@ def cmd_worker(args) -> int:
     setup_logging(s)
     s.kafka_config()  # fails clearly without bootstrap servers
     metrics = Metrics()
-    health = Health(metrics)
+    health = Health(metrics, failing_after_s=s.unready_after_s, stall_after_s=s.stall_after_s)
     if s.metrics_port:
         serve(metrics, health, s.metrics_port, s.metrics_host)
     require_topics(s)
+    from app.source import topic_incarnations
+
+    cluster_id, incarnations = topic_incarnations(s.kafka_config(), s.input_topics())
+    if s.producer_idempotence and cluster_id.startswith("tansu"):
+        # the embedded Tansu broker answers InitProducerId with an error: aiokafka's idempotent
+        # producer cannot start there (ENVIRONMENT.md section 1)
+        log.warning("idempotent producer off: the broker (cluster id %r, the embedded Tansu) cannot give out "
+                    "producer ids; dead letters and alerts may be duplicated by producer retries", cluster_id)
+        s = s.replace(producer_idempotence=False)
     health.set("broker", True, s.bootstrap_servers)
     health.set("topics", True, ", ".join((s.changes_topic, s.dlq_topic, s.alerts_topic)))
     t = time.perf_counter()
     encoder = build_encoder(s)
     health.set("model", True, f"{encoder.fingerprint} on {encoder.provider}")
-    store = open_store(s, encoder.fingerprint, encoder.dim, sole_writer=True)
+    store = _open_store_waiting(s, encoder, health)
     from app.reindex import ReindexError, check_worker_alias
 
     try:  # never write a collection that searches through the alias do not read
@@ -136,6 +145,12 @@ def cmd_worker(args) -> int:
         return 2
     health.set("store", True, repr(store))
     processor = build_processor(s, encoder, store)
+    processor.health = health  # store and registry failures (failing/succeeded) show in /readyz
+    processor.incarnations = incarnations  # offsets compare only within one topic incarnation
+    if s.schema_registry_url:
+        # not ready while decodes keep waiting for an unavailable registry (records are retried,
+        # never dead-lettered for it); ready again as soon as it answers
+        health.set("registry", True, _url_without_credentials(s.schema_registry_url))
     metrics.info.info({"fingerprint": encoder.fingerprint, "provider": encoder.provider,
                        "store": s.store, **_versions()})
     drift = None
@@ -152,8 +167,37 @@ def cmd_worker(args) -> int:
     log.info("worker ready: model %s on %s (%.1fs), store %s, topics %s -> %s",
              processor.fingerprint, processor.encoder.provider, time.perf_counter() - t,
              processor.store, s.changes_topic, s.dlq_topic)
-    run_worker(s, processor, metrics, drift=drift)
-    return 0
+    return run_worker(s, processor, metrics, drift=drift, health=health)
+
+
+def _open_store_waiting(s: Settings, encoder, health):
+    """The worker's store. While it is unavailable (TransientStoreError: down, unreachable, its files
+    not there) the worker waits with backoff - not ready, the reason in /readyz - instead of exiting:
+    an unavailable store is transient. A permanent problem (another model's collection) still fails."""
+    from app.components import open_store
+    from app.pipeline import Backoff
+    from app.store.base import TransientStoreError
+
+    delays = Backoff().delays()
+    started = time.monotonic()
+    while True:
+        try:
+            return open_store(s, encoder.fingerprint, encoder.dim, sole_writer=True)
+        except TransientStoreError as exc:
+            delay = next(delays)
+            health.set("store", False, f"unavailable for {time.monotonic() - started:.0f}s: {exc}")
+            log.warning("store unavailable (%s); retrying in %.1fs", exc, delay)
+            time.sleep(delay)
+
+
+def _url_without_credentials(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    u = urlsplit(url)
+    if u.username is None and u.password is None:
+        return url
+    host = u.hostname + (f":{u.port}" if u.port else "")
+    return urlunsplit((u.scheme, host, u.path, "", ""))
 
 
 def _versions() -> dict[str, str]:
@@ -169,54 +213,48 @@ def _versions() -> dict[str, str]:
 
 
 def cmd_produce(args) -> int:
-    from confluent_kafka import Producer
-
-    from app.components import build_codec
-    from app.events import ChangeEvent
+    from app.events import ChangeEvent, Op
+    from app.producer import DeliveryError, DocumentProducer
 
     s = _settings(args)
-    codec = build_codec(s)
     src = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
     lines = [ln for ln in src if ln.strip()]
-    producer = Producer({**s.kafka_config(), "enable.idempotence": True, "linger.ms": 20})
-    failures: list[str] = []
-
-    def on_delivery(err, msg):
-        if err is not None:
-            failures.append(f"{msg.key()!r}: {err}")
-
-    started = time.monotonic()
-    sent = 0
+    producer = DocumentProducer(settings=s, framing=args.framing)
+    # every line is parsed and checked before the first is sent: a bad line sends nothing
+    events: list[ChangeEvent] = []
     for n, line in enumerate(lines, 1):
         try:
             obj = json.loads(line)
             if obj.get("tombstone"):
-                key, value = str(obj["doc_id"]).encode(), None
+                ev = ChangeEvent(doc_id=str(obj["doc_id"]), op=Op.DELETE, version=None, event_time_ms=0)
             else:
                 if "version" not in obj and args.version is not None:
                     obj["version"] = args.version
                 ev = ChangeEvent.from_json(obj)
-                key, value = ev.doc_id.encode(), codec.encode(ev, framing=args.framing, topic=s.changes_topic)
-        except (ValueError, KeyError) as exc:
+            producer.check(ev)  # what the worker would dead-letter is refused here
+        except (ValueError, KeyError, AttributeError) as exc:
             print(f"line {n}: {exc}", file=sys.stderr)
             return 2
-        while True:
-            try:
-                producer.produce(s.changes_topic, key=key, value=value, on_delivery=on_delivery)
-                break
-            except BufferError:
-                producer.poll(0.1)
-        sent += 1
-        producer.poll(0)
-        if sent % 1000 == 0:
-            _progress(sent, len(lines), started, "produced")
-    remaining = producer.flush(60)
-    if remaining or failures:
-        print(f"NOT delivered: {remaining + len(failures)} of {sent}", file=sys.stderr)
-        for f in failures[:10]:
-            print("  " + f, file=sys.stderr)
+        events.append(ev)
+    started = time.monotonic()
+    failure: DeliveryError | None = None
+    try:
+        for ev in events:
+            producer.send(ev)
+            if producer.sent % 1000 == 0:
+                _progress(producer.sent, len(events), started, "produced")
+    except DeliveryError as exc:  # Kafka refused a record: stop sending, report
+        failure = exc
+    try:
+        producer.close()
+    except DeliveryError as exc:
+        failure = DeliveryError((failure.failures if failure else []) + exc.failures, exc.undelivered)
+    if failure is not None:
+        print(f"NOT delivered: {len(events) - producer.delivered} of {len(events)}", file=sys.stderr)
+        for f in failure.failures[:10]:
+            print(f"  {f.doc_id!r}: {f.error}", file=sys.stderr)
         return 1
-    print(f"delivered {sent} events to {s.changes_topic} on {s.bootstrap_servers}", file=sys.stderr)
+    print(f"delivered {producer.sent} events to {producer.topic} on {s.bootstrap_servers}", file=sys.stderr)
     return 0
 
 
@@ -311,12 +349,47 @@ def print_hits(query: str, hits) -> None:
 
 # ----------------------------------------------------------------------------------------
 def _spawn_worker(s: Settings, bootstrap: str, log_file: Path) -> subprocess.Popen:
+    """The worker of `dev`/`demo`, on the embedded broker: its short session timeout (Tansu holds a
+    JoinGroup for half of it) and no idempotent producer (Tansu cannot give out producer ids).
+
+    It runs in its own session, so a Ctrl-C in the terminal reaches only the parent, which stops it
+    with SIGTERM (bounded); on Linux it also gets SIGTERM if the parent dies without cleaning up."""
     env = {**os.environ, "EMBEDSTREAM_BOOTSTRAP_SERVERS": bootstrap, "EMBEDSTREAM_DATA_DIR": s.data_dir,
-           "EMBEDSTREAM_STORE": s.store, "EMBEDSTREAM_METRICS_PORT": str(s.metrics_port)}
+           "EMBEDSTREAM_STORE": s.store, "EMBEDSTREAM_METRICS_PORT": str(s.metrics_port),
+           "EMBEDSTREAM_SESSION_TIMEOUT_S": "6", "EMBEDSTREAM_HEARTBEAT_INTERVAL_S": "1",
+           "EMBEDSTREAM_PRODUCER_IDEMPOTENCE": "false"}
     if s.model_variant:
         env["EMBEDSTREAM_MODEL_VARIANT"] = s.model_variant
     out = open(log_file, "ab")
-    return subprocess.Popen([sys.executable, "-m", "app", "worker"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    return subprocess.Popen([sys.executable, "-m", "app", "worker"], env=env, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True, preexec_fn=_die_with_parent())
+
+
+def _die_with_parent():
+    """A preexec_fn: SIGTERM to the child when the parent dies (Linux prctl PR_SET_PDEATHSIG). libc
+    is loaded here, before the fork: the child only makes the one system call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except OSError:
+        return None
+    return lambda: prctl(1, int(signal.SIGTERM))
+
+
+def _exit_status(returncode: int) -> int:
+    """A child's return code as a shell would report it (killed by signal N: 128 + N)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+class _Terminated(Exception):
+    """SIGTERM reached `embedstream dev`: stop the worker and the broker, then exit."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
 
 
 def _stop(proc: subprocess.Popen, timeout: float = 40) -> int:
@@ -338,7 +411,12 @@ def cmd_dev(args) -> int:
     setup_logging(s)
     data = Path(s.data_dir)
     data.mkdir(parents=True, exist_ok=True)
-    with EmbeddedBroker(port=args.port, log_path=data / "broker.log") as broker:
+    # SIGTERM (a supervisor, `kill`) stops like Ctrl-C does: worker and broker first, nothing orphaned
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    broker = EmbeddedBroker(port=args.port, log_path=data / "broker.log")
+    worker = None
+    try:
+        broker.start()
         s = s.replace(bootstrap_servers=broker.bootstrap)
         create_topics(s, replication_factor=1, echo=lambda m: log.info("topic %s", m))
         worker = _spawn_worker(s, broker.bootstrap, data / "worker.log")
@@ -346,15 +424,28 @@ def cmd_dev(args) -> int:
               f"worker log:      {data / 'worker.log'}\nstore:           {s.store} in {data}\n"
               f"produce with:    EMBEDSTREAM_BOOTSTRAP_SERVERS={broker.bootstrap} embedstream produce FILE.jsonl\n"
               "Ctrl-C stops the worker and the broker.", flush=True)
+        while worker.poll() is None:
+            time.sleep(0.5)
+        code = _exit_status(worker.returncode)
+        print(f"worker exited with code {code}; see {data / 'worker.log'}", file=sys.stderr)
+        return code or 1
+    except KeyboardInterrupt:
+        print("stopping the worker and the broker (Ctrl-C) ...", file=sys.stderr, flush=True)
+        return 130
+    except _Terminated:
+        print("stopping the worker and the broker (SIGTERM) ...", file=sys.stderr, flush=True)
+        return 0
+    finally:
+        # a second Ctrl-C or SIGTERM must not cut the clean-up short (each stop is bounded)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
-            while worker.poll() is None:
-                time.sleep(0.5)
-            print(f"worker exited with code {worker.returncode}; see {data / 'worker.log'}", file=sys.stderr)
-            return worker.returncode or 1
-        except KeyboardInterrupt:
-            return _stop(worker) or 0
+            if worker is not None:
+                _stop(worker)
+            broker.stop()
         finally:
-            _stop(worker)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, previous)
 
 
 def cmd_demo(args) -> int:
@@ -462,7 +553,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read JSON lines and produce DocumentChange events keyed by doc_id.\n"
                     'Line format: {"doc_id": "a", "version": 3, "op": "UPSERT"|"DELETE", "text": "...", '
                     '"metadata": {...}, "event_time": ms|ISO}\n'
-                    '{"doc_id": "a", "tombstone": true} sends a tombstone (null value).',
+                    '{"doc_id": "a", "tombstone": true} sends a tombstone (null value).\n'
+                    "Every line is checked first (what the worker would dead-letter is refused: exit 2, "
+                    "nothing sent).\nSent with app.producer.DocumentProducer: key = doc_id, Java-compatible "
+                    "partitioner (murmur2), idempotent.\nExit status: 0 all delivered, 1 some not delivered, "
+                    "2 bad input or configuration.",
         formatter_class=argparse.RawDescriptionHelpFormatter), store=False)
     sp.add_argument("file", help="JSON-lines file, or - for stdin")
     sp.add_argument("--framing", default="auto", choices=("auto", "single-object", "confluent"),
@@ -504,9 +599,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: commands that connect to the configured Kafka cluster (dev and demo run their own broker)
+KAFKA_COMMANDS = frozenset({"worker", "topics", "produce", "alerts", "replay", "reindex", "offsets", "dlq"})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.cmd in KAFKA_COMMANDS:
+            from app.security import check_kafka_auth
+
+            # a refused password or certificate: one line (exit 2), not librdkafka's retry log
+            check_kafka_auth(_settings(args))
         return args.func(args) or 0
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)

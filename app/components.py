@@ -41,7 +41,13 @@ def build_codec(settings: Settings):
 
         # new_client: a real client for http(s) URLs, the in-process registry for mock://
         registry = SchemaRegistryClient.new_client({"url": settings.schema_registry_url})
-    return EventCodec(registry=registry, limits=Limits(max_text_bytes=settings.max_text_bytes))
+    native = EventCodec(registry=registry, limits=Limits(max_text_bytes=settings.max_text_bytes))
+    if not settings.inputs:
+        return native
+    from app.inputs import InputCodec
+
+    # several input topics, each decoded by its mapping (app/inputs), behind the same decode()
+    return InputCodec(native, settings.input_specs())
 
 
 def build_processor(settings: Settings, encoder=None, store=None):

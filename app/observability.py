@@ -5,8 +5,23 @@ not-ready worker while it loads:
 
 * ``GET /metrics`` - Prometheus text format;
 * ``GET /livez``   - 200 while the process serves requests;
-* ``GET /readyz``  - 200 only when broker, topics, store and model are ready (JSON body
-  lists each check), 503 otherwise.
+* ``GET /readyz``  - 200 only when every check passes (JSON body lists each check), 503 otherwise.
+
+Readiness (:class:`Health`) is not only "it started": it answers 503 when
+
+* a start-up check (broker, topics, store, model) has not passed, or a check was set failed
+  (``health.set(name, False, detail)``, e.g. ``delivery`` after a failure the worker cannot handle);
+* a dependency **keeps failing**: ``health.failing(name, detail)`` marks each failed attempt and
+  ``health.succeeded(name)`` the next success; the check fails once the failures have lasted
+  ``failing_after_s`` (``EMBEDSTREAM_UNREADY_AFTER_S``) without a success in between. The
+  pipeline reports the store this way (every retried store call); the schema registry can too;
+* something **blocks** consumption (``health.block(key, detail)``, e.g. the dead-letter limit);
+* the worker **has lag but makes no progress**: the delivery loop reports each acked batch
+  (``health.progress()``) and the lag of its partitions on a timer (``health.lag(total)``); with
+  lag > 0 and no acked batch for ``stall_after_s`` (``EMBEDSTREAM_STALL_AFTER_S``) the
+  ``progress`` check fails.
+
+Gauges ``embedstream_ready`` and ``embedstream_seconds_since_progress`` are computed when scraped.
 
 Metric names start with ``embedstream_``; histograms expose p50/p95 through
 ``histogram_quantile`` in Prometheus/Grafana. Label values never contain secrets.
@@ -16,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
@@ -63,8 +79,16 @@ class Metrics:
                                       "learned", registry=r)
         self.drift_observed = Gauge("embedstream_drift_vectors_observed", "Vectors seen by the drift monitor",
                                     registry=r)
-        self.lag = Gauge("embedstream_consumer_lag", "Records behind the fetch high-watermark",
+        self.lag = Gauge("embedstream_consumer_lag", "Records between the committed (or acked) position and "
+                         "the fetch high-watermark, per assigned partition (refreshed on a timer)",
                          ["topic", "partition"], registry=r)
+        self.seconds_since_progress = Gauge("embedstream_seconds_since_progress", "Seconds since the "
+                                            "worker last acked a batch (or got an assignment)", registry=r)
+        self.batches_abandoned = Counter("embedstream_batches_abandoned", "Batches given up unacked (revoked, "
+                                         "store retries given up, shutdown); they are redelivered", ["why"],
+                                         registry=r)
+        self.dlq_limit_stopped = Gauge("embedstream_dlq_limit_stopped", "1 for a partition whose consumption "
+                                       "the dead-letter limit stopped", ["topic", "partition"], registry=r)
         self.ready = Gauge("embedstream_ready", "1 when the worker is ready", registry=r)
         self.info = Info("embedstream", "Model fingerprint, execution provider and versions", registry=r)
 
@@ -97,32 +121,98 @@ class Metrics:
 
 
 class Health:
-    """Named readiness checks; ready when every check has passed."""
+    """Readiness of the worker: named checks plus time-based rules (see the module docstring).
+
+    Thread-safe; every method is cheap (the store thread reports each retried call).
+    """
 
     CHECKS = ("broker", "topics", "store", "model")
 
-    def __init__(self, metrics: Metrics | None = None):
+    def __init__(self, metrics: Metrics | None = None, *, failing_after_s: float = 30.0,
+                 stall_after_s: float = 120.0, clock=time.monotonic):
         self._state = {c: False for c in self.CHECKS}
         self._detail: dict[str, str] = {}
+        self._failing: dict[str, tuple[float, str]] = {}  # check -> (failing since, last detail)
+        self._blocks: dict[str, str] = {}
         self._lock = threading.Lock()
         self._metrics = metrics
+        self.failing_after_s = failing_after_s
+        self.stall_after_s = stall_after_s
+        self._clock = clock
+        self._last_progress = clock()
+        self._lag: int | None = None
+        if metrics is not None:
+            metrics.ready.set_function(lambda: 1 if self.ready else 0)
+            metrics.seconds_since_progress.set_function(self.seconds_since_progress)
 
+    # -- reporting ------------------------------------------------------------------------
     def set(self, check: str, ok: bool, detail: str = "") -> None:
+        """A check's state, effective at once (any name; new names become checks)."""
         with self._lock:
             self._state[check] = ok
             self._detail[check] = detail
-        if self._metrics is not None:
-            self._metrics.ready.set(1 if self.ready else 0)
+
+    def failing(self, check: str, detail: str) -> None:
+        """One more failed attempt of ``check`` (it fails once failures last ``failing_after_s``)."""
+        with self._lock:
+            since = self._failing.get(check, (self._clock(), ""))[0]
+            self._failing[check] = (since, detail)
+
+    def succeeded(self, check: str) -> None:
+        """``check`` worked again: its failing streak ends."""
+        if check in self._failing:  # unlocked fast path: the store thread calls this per store call
+            with self._lock:
+                self._failing.pop(check, None)
+
+    def block(self, key: str, detail: str) -> None:
+        """Not ready until :meth:`unblock` (e.g. consumption stopped by the dead-letter limit)."""
+        with self._lock:
+            self._blocks[key] = detail
+
+    def unblock(self, key: str) -> None:
+        with self._lock:
+            self._blocks.pop(key, None)
+
+    def progress(self) -> None:
+        """A batch was acked (or partitions were assigned): the stall clock restarts."""
+        self._last_progress = self._clock()
+
+    def lag(self, total: int | None) -> None:
+        """Total lag of the assigned partitions (None: unknown)."""
+        self._lag = total
+
+    def seconds_since_progress(self) -> float:
+        return max(0.0, self._clock() - self._last_progress)
+
+    # -- reading --------------------------------------------------------------------------
+    def _evaluate(self) -> dict[str, tuple[bool, str]]:
+        now = self._clock()
+        out = {c: (ok, self._detail.get(c, "")) for c, ok in self._state.items()}
+        for check, (since, detail) in self._failing.items():
+            lasted = now - since
+            if lasted >= self.failing_after_s:
+                out[check] = (False, f"failing for {lasted:.0f}s: {detail}")
+        for key, detail in self._blocks.items():
+            out[key] = (False, detail)
+        idle = now - self._last_progress
+        if self._lag is not None and self._lag > 0 and idle >= self.stall_after_s:
+            out["progress"] = (False, f"lag {self._lag} records and no batch acked for {idle:.0f}s "
+                                      f"(limit {self.stall_after_s:.0f}s)")
+        else:
+            lag = "unknown" if self._lag is None else str(self._lag)
+            out["progress"] = (True, f"lag {lag}, last progress {idle:.0f}s ago")
+        return out
 
     @property
     def ready(self) -> bool:
         with self._lock:
-            return all(self._state.values())
+            return all(ok for ok, _ in self._evaluate().values())
 
     def report(self) -> dict:
         with self._lock:
-            return {"ready": all(self._state.values()),
-                    "checks": {c: {"ok": ok, "detail": self._detail.get(c, "")} for c, ok in self._state.items()}}
+            checks = self._evaluate()
+        return {"ready": all(ok for ok, _ in checks.values()),
+                "checks": {c: {"ok": ok, "detail": d} for c, (ok, d) in checks.items()}}
 
 
 def serve(metrics: Metrics, health: Health, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:

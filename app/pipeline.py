@@ -38,7 +38,7 @@ from app.batching import Action, DocPlan, already_applied, fold, with_source
 from app.cache import EmbeddingCache
 from app.chunking import Chunk, Chunker
 from app.deadletter import DeadLetter, Record
-from app.events import ChangeEvent, DecodeError, EventCodec, Op
+from app.events import ChangeEvent, DecodeError, EventCodec, Op, RegistryUnavailable
 from app.store.base import (ChunkRecord, DocState, PermanentStoreError, TransientStoreError, VectorStore,
                             chunk_uuid)
 
@@ -73,6 +73,8 @@ class BatchResult:
     #: chunks whose vector came from the embedding cache (or an identical chunk of the batch)
     cache_hits: int = 0
     store_retries: int = 0
+    #: decodes retried because the schema registry was unavailable
+    registry_retries: int = 0
     decode_s: float = 0.0
     encode_s: float = 0.0
     store_s: float = 0.0
@@ -87,6 +89,9 @@ class BatchResult:
     outcomes: Counter = field(default_factory=Counter)
     #: personal data replaced by the scrubber, by kind
     scrubbed: Counter = field(default_factory=Counter)
+    #: set when the batch is abandoned (revoked, shutdown): its retries and waits give up
+    #: (Interrupted) and no further store call is made for it
+    cancel: threading.Event | None = field(default=None, repr=False, compare=False)
 
     def count(self, op: str, outcome: str, n: int = 1) -> None:
         self.outcomes[(op, outcome)] += n
@@ -138,6 +143,13 @@ class Processor:
         self.cache = cache
         self.scrubber = scrubber
         self.optimize_every = optimize_every
+        #: incarnation (Kafka topic id, or cluster id + topic) of each input topic, recorded in the
+        #: document states; tombstones are recognised as redelivered only within one incarnation
+        self.incarnations: dict[str, str] = {}
+        #: optional health reporter (app.observability.Health): store failures are reported as
+        #: ``failing("store", why)`` / ``succeeded("store")``, an unavailable schema registry as
+        #: ``failing("registry", why)`` / ``succeeded("registry")``
+        self.health = None
         self._batches = 0
         self._stop_event = threading.Event()
         # prepare (reads) and commit (writes) may run in two threads; stores that are not known to
@@ -153,21 +165,21 @@ class Processor:
         """Process one batch completely: ``commit(prepare(records))``."""
         return self.commit(self.prepare(records))
 
-    def prepare(self, records: Sequence[Record]) -> Prepared:
+    def prepare(self, records: Sequence[Record], cancel: threading.Event | None = None) -> Prepared:
         """Decode, read the documents' states, plan, chunk and encode - everything but the writes.
 
         A caller may prepare batch N+1 (in another thread) while batch N is being committed: the
         encoder then never waits for the store. If batch N+1 has a document that batch N is still
         writing, this waits until N's commit is over, so N+1 always plans against the state N left.
-        A prepared batch holds its documents until it is committed (the worker drops one only
-        when it stops).
+        A prepared batch holds its documents until it is committed or :meth:`abandon`-ed. ``cancel``
+        (set by the caller when it gives the batch up) ends any wait or retry with Interrupted.
         """
-        res = BatchResult(records=len(records))
+        res = BatchResult(records=len(records), cancel=cancel)
         t0 = time.perf_counter()
         decoded: list[tuple[int, ChangeEvent]] = []
         for pos, rec in enumerate(records):
             try:
-                decoded.append((pos, self.codec.decode(rec.key, rec.value, rec.topic)))
+                decoded.append((pos, self._decode(rec, res)))
             except DecodeError as exc:
                 res.dead_letter(DeadLetter(rec, exc.reason, exc.detail, stage="decode"))
         by_doc: dict[str, list[tuple[int, ChangeEvent]]] = {}
@@ -175,7 +187,7 @@ class Processor:
             by_doc.setdefault(ev.doc_id, []).append((pos, ev))
         res.decode_s = time.perf_counter() - t0
 
-        self._wait_until_written(by_doc)
+        self._wait_until_written(by_doc, res)
         states = self._retry("read states", lambda: self.store.get_states(list(by_doc)), res)
         work: list[_Work] = []
         for doc_id, events in by_doc.items():
@@ -183,10 +195,18 @@ class Processor:
             fresh = []
             for pos, ev in events:
                 r = records[pos]
-                if already_applied(stored, r.topic, r.partition, r.offset):
+                # versions decide; only a tombstone (no version) is recognised by its position
+                if ev.is_tombstone and already_applied(stored, r.topic, r.partition, r.offset,
+                                                       self.incarnations.get(r.topic, "")):
                     res.count(_op(ev), Action.ALREADY_APPLIED.value)
-                else:
+                    continue
+                try:
                     fresh.append((pos, self._scrub(ev, res)))
+                except Exception as exc:  # a scrubber plugin failed on this text: set it aside
+                    log.warning("scrubber %s failed on %s:%d@%d: %s: %s", getattr(self.scrubber, "name", "?"),
+                                r.topic, r.partition, r.offset, type(exc).__name__, exc)
+                    res.dead_letter(DeadLetter(r, "scrubber-error", f"{type(exc).__name__}: {exc}", stage="scrub"),
+                                    _op(ev))
             if not fresh:
                 continue
             plan = fold(doc_id, fresh, stored, lambda e: self._content_hash(e.text or ""))
@@ -237,12 +257,32 @@ class Processor:
             self._writing.difference_update(w.plan.doc_id for w in prepared.work)
             self._writing_cond.notify_all()
 
-    def _wait_until_written(self, doc_ids) -> None:
+    def abandon(self, prepared: Prepared) -> None:
+        """A prepared batch will not be committed (revoked, shutdown, failure): release its documents."""
+        self._release(prepared)
+
+    def _wait_until_written(self, doc_ids, res: BatchResult | None = None) -> None:
         with self._writing_cond:
             while not self._writing.isdisjoint(doc_ids):
-                if self.should_stop() or self._stop_event.is_set():
+                if self._stopped(res):
                     raise Interrupted("stopped while waiting for the previous batch's writes")
-                self._writing_cond.wait(0.5)
+                self._writing_cond.wait(0.1)
+
+    def _stopped(self, res: BatchResult | None) -> bool:
+        """The worker is stopping, or this batch was abandoned."""
+        return (self.should_stop() or self._stop_event.is_set()
+                or (res is not None and res.cancel is not None and res.cancel.is_set()))
+
+    def _sleep(self, delay: float, res: BatchResult | None) -> bool:
+        """Back off ``delay`` seconds; True when it was cut short because the batch must stop."""
+        deadline = time.monotonic() + delay
+        while True:
+            left = deadline - time.monotonic()
+            if self._stopped(res):
+                return True
+            if left <= 0:
+                return False
+            self._stop_event.wait(min(left, 0.1))
 
     def _maybe_optimize(self) -> None:
         """Compact the store every ``optimize_every`` batches (LanceDB: many small versions make
@@ -357,7 +397,7 @@ class Processor:
     def _write(self, work: list[_Work], res: BatchResult) -> None:
         now = int(time.time() * 1000)
         chunks: list[ChunkRecord] = []
-        deletes: list[tuple[str, int]] = []
+        deletes: list[tuple[str, int, int]] = []  # (doc, from index, newest version it may delete)
         states: dict[str, DocState] = {}
         by_doc: dict[str, _Work] = {}
         for w in work:
@@ -371,15 +411,16 @@ class Processor:
                         content_hash=plan.content_hash, fingerprint=self.fingerprint,
                         event_time_ms=ev.event_time_ms, indexed_time_ms=now, text=c.text, vector=v,
                         metadata=ev.metadata))
-                deletes.append((ev.doc_id, n))
+                deletes.append((ev.doc_id, n, plan.version))
                 state = DocState(ev.doc_id, plan.version, plan.content_hash, self.fingerprint, n, False,
                                  ev.event_time_ms, now)
             else:
-                deletes.append((ev.doc_id, 0))
+                deletes.append((ev.doc_id, 0, plan.version))
                 et = ev.event_time_ms or w.record.timestamp_ms or now
                 state = DocState(ev.doc_id, plan.version, "", self.fingerprint, 0, True, et, now)
             # every record of the document in this batch is reflected in this state
-            states[ev.doc_id] = with_source(state, last.topic, last.partition, last.offset)
+            states[ev.doc_id] = with_source(state, last.topic, last.partition, last.offset,
+                                            self.incarnations.get(last.topic, ""))
 
         deletes_done = False
         if chunks:
@@ -392,11 +433,18 @@ class Processor:
                 else:
                     self._retry("upsert", lambda: self.store.upsert_chunks(chunks), res)
             except PermanentStoreError as exc:
-                if not exc.object_errors:
+                # StaleWrite (exc.stale): the store holds a newer version (this worker was evicted
+                # and another one wrote it): not written, counted stale, never dead-lettered
+                errors = {k: v for k, v in exc.object_errors.items() if k not in exc.stale}
+                if not errors and not exc.stale:
                     raise
+                for doc in exc.stale:
+                    self._stale(by_doc, doc, states, res)
+                deletes = [d for d in deletes if d[0] not in exc.stale]
+                chunks = [c for c in chunks if c.doc_id not in exc.stale]
                 bad_docs: dict[str, str] = {}
                 ids = {chunk_uuid(c.doc_id, c.chunk_index): c.doc_id for c in chunks}
-                for oid, msg in exc.object_errors.items():
+                for oid, msg in errors.items():
                     doc = ids.get(oid, oid)
                     bad_docs.setdefault(doc, msg)
                 for doc, msg in bad_docs.items():
@@ -411,7 +459,13 @@ class Processor:
         if deletes and not deletes_done:
             self._retry("delete", lambda: self._delete_many(deletes), res)
         if states:
-            self._retry("write states", lambda: self.store.put_states(list(states.values())), res)
+            try:
+                self._retry("write states", lambda: self.store.put_states(list(states.values())), res)
+            except PermanentStoreError as exc:
+                if not exc.stale or set(exc.object_errors) - set(exc.stale):
+                    raise
+                for doc in exc.stale:
+                    self._stale(by_doc, doc, states, res)
         for doc, st in states.items():
             w = by_doc[doc]
             res.count(_op(w.plan.event), "deleted" if st.deleted else "written")
@@ -419,29 +473,76 @@ class Processor:
             ev = w.plan.event
             res.applied_times.append((ev.event_time_ms or w.record.timestamp_ms, w.record.timestamp_ms))
 
-    def _delete_many(self, items: list[tuple[str, int]]) -> int:
+    @staticmethod
+    def _stale(by_doc: dict[str, _Work], doc: str, states: dict[str, DocState], res: BatchResult) -> None:
+        """A document the store refused as older than what it holds (StaleWrite)."""
+        w = by_doc.get(doc)
+        if w is not None and states.pop(doc, None) is not None:
+            log.info("store holds a newer version of %r than %s: not written (stale)", doc, w.plan.version)
+            res.count(_op(w.plan.event), Action.STALE.value)
+
+    def _delete_many(self, items: list[tuple[str, int, int]]) -> int:
         many = getattr(self.store, "delete_chunks_many", None)
         if many is not None:
             return many(items)
-        return sum(self.store.delete_chunks(d, k) for d, k in items)
+        return sum(self.store.delete_chunks(*item) for item in items)
+
+    def _decode(self, rec: Record, res: BatchResult) -> ChangeEvent:
+        """Decode one record; while the schema registry is unavailable, retry with backoff (the
+        batch - hence consumption - waits; a valid record is never dead-lettered for it)."""
+        delays = None
+        while True:
+            if delays is not None and self._stopped(res):
+                raise Interrupted("stopped while waiting for the schema registry")
+            try:
+                ev = self.codec.decode(rec.key, rec.value, rec.topic)
+            except RegistryUnavailable as exc:
+                delays = delays or self.backoff.delays()
+                delay = next(delays)
+                res.registry_retries += 1
+                log.warning("%s (record %s:%d@%d); retrying in %.1fs", exc.detail, rec.topic, rec.partition,
+                            rec.offset, delay)
+                if self.health is not None:
+                    self.health.failing("registry", exc.detail)
+                if self._sleep(delay, res):
+                    raise Interrupted("stopped while waiting for the schema registry") from exc
+                continue
+            except DecodeError:  # the registry answered (the record itself is bad)
+                if delays is not None:
+                    self._registry_back()
+                raise
+            if delays is not None:
+                self._registry_back()
+            return ev
+
+    def _registry_back(self) -> None:
+        log.info("schema registry available again")
+        if self.health is not None:
+            self.health.succeeded("registry")
 
     def _retry(self, what: str, fn, res: BatchResult):
         """Call fn until it succeeds; transient failures back off, never skip."""
         delays = self.backoff.delays()
         while True:
-            if self.should_stop() or self._stop_event.is_set():
+            if self._stopped(res):
                 raise Interrupted(f"stopped while the store was retrying: {what}")
             try:
                 with self._store_lock:
-                    return fn()
+                    out = fn()
             except TransientStoreError as exc:
                 delay = next(delays)
                 res.store_retries += 1
                 log.warning("store %s failed (%s); retrying in %.1fs", what, exc, delay)
+                if self.health is not None:
+                    self.health.failing("store", f"{what}: {exc}")
                 if self.on_retry:
                     self.on_retry(exc, delay)
-                if self._stop_event.wait(delay) or self.should_stop():
+                if self._sleep(delay, res):
                     raise Interrupted(f"stopped while the store was retrying: {what}") from exc
+                continue
+            if self.health is not None:
+                self.health.succeeded("store")
+            return out
 
     def stop(self) -> None:
         """Ask a running ``process`` to give up its retry loop (it raises Interrupted)."""

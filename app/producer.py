@@ -37,9 +37,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from app.config import PRODUCER_PARTITIONER as PARTITIONER
 from app.events import ChangeEvent, Op
 
-PARTITIONER = "murmur2_random"
 FRAMINGS = ("auto", "single-object", "confluent")
 
 
@@ -108,8 +108,7 @@ class DocumentProducer:
             raise ValueError(f"partitioner {extra['partitioner']!r}: embedstream producers use {PARTITIONER} "
                              "(the Java client's partitioning), so a document's changes stay in one partition "
                              "whichever client sent them")
-        conf = {**settings.kafka_config(), "enable.idempotence": True, "acks": "all", "linger.ms": 20,
-                "partitioner": PARTITIONER, **extra}
+        conf = settings.producer_config(**{"enable.idempotence": True, "acks": "all", "linger.ms": 20, **extra})
         self._producer = Producer(conf)
         self._on_delivery = on_delivery
         self._failures: list[DeliveryReport] = []

@@ -127,4 +127,12 @@ def require_topics(settings: Settings, roles=("changes", "alerts", "dlq")) -> di
     if missing:
         raise TopicsMissing(f"topic(s) missing on {settings.bootstrap_servers}: {', '.join(missing)}. "
                             "Create them first: `embedstream topics create`")
-    return {s.name: have[s.name] for s in specs}
+    # input topics of EMBEDSTREAM_INPUTS belong to their producers (a Debezium connector creates its
+    # table topics on first write): not created here, but the worker does not start without them
+    inputs = [t for t in settings.input_topics()[1:] if "changes" in roles]
+    absent = [t for t in inputs if t not in have]
+    if absent:
+        raise TopicsMissing(f"input topic(s) of {settings.inputs} missing on {settings.bootstrap_servers}: "
+                            f"{', '.join(absent)}. They belong to their producers (Debezium creates a table's "
+                            "topic when it first writes to it); create them or remove them from the inputs file")
+    return {**{s.name: have[s.name] for s in specs}, **{t: have[t] for t in inputs}}

@@ -16,6 +16,7 @@ import pytest
 from app.broker import EmbeddedBroker
 from app.config import Settings
 from load.procs import stop_process
+from tests.store.real_weaviate import real_weaviate  # noqa: F401  (session fixture: one real Weaviate)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -77,6 +78,24 @@ def broker(request, broker_kind):
 
 
 @pytest.fixture(scope="session")
+def registry_server(tmp_path_factory):
+    """A real Confluent-API schema registry (Apicurio Registry, load/servers/registry.py), one per session."""
+    from load.servers.registry import RegistryServer
+
+    r = RegistryServer(tmp_path_factory.mktemp("registry"))
+    r.start()
+    print(f"\n[embedstream tests] Apicurio Registry {r.server_version()} on {r.url} (log {r.log_path})")
+    yield r
+    r.stop()
+
+
+@pytest.fixture(scope="session")
+def schema_registry(registry_server) -> str:
+    """The session registry's Confluent API URL (EMBEDSTREAM_SCHEMA_REGISTRY_URL)."""
+    return registry_server.url
+
+
+@pytest.fixture(scope="session")
 def encoder():
     from app.encoder import Encoder
 
@@ -112,6 +131,13 @@ def settings_env(s: Settings) -> dict[str, str]:
               "weaviate_grpc_port", "collection_prefix", "metrics_port", "session_timeout_s",
               "heartbeat_interval_s"):
         env["EMBEDSTREAM_" + f.upper()] = str(getattr(s, f))
+    if s.weaviate_api_key:
+        env["EMBEDSTREAM_WEAVIATE_API_KEY"] = s.weaviate_api_key
+    # the registry and the connection security, where a test sets them
+    for f in ("schema_registry_url", "security_protocol", "sasl_mechanism", "sasl_username", "sasl_password",
+              "ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password"):
+        if getattr(s, f, "") not in ("", "PLAINTEXT"):
+            env["EMBEDSTREAM_" + f.upper()] = str(getattr(s, f))
     return env
 
 
@@ -172,7 +198,10 @@ def worker_factory(tmp_path):
 def producer(broker):
     from confluent_kafka import Producer
 
-    p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
+    from app.config import PRODUCER_PARTITIONER
+
+    # the Java-compatible partitioner, as every embedstream producer (tests/test_partitioning.py)
+    p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5, "partitioner": PRODUCER_PARTITIONER})
     yield p
     p.flush(10)
 

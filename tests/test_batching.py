@@ -72,3 +72,12 @@ def test_already_applied_records_are_recognised_by_offset():
     assert not already_applied(s, "changes", 4, 7) and not already_applied(s, "other", 3, 7)
     assert not already_applied(state(2), "changes", 3, 7)  # no source recorded
     assert not already_applied(None, "changes", 3, 7)
+
+
+def test_offsets_compare_only_within_one_topic_incarnation():
+    s = with_source(state(2), "changes", 3, 100, "id-1")
+    assert already_applied(s, "changes", 3, 7, "id-1")
+    assert not already_applied(s, "changes", 3, 7, "id-2")  # recreated / mirrored topic
+    # an unknown incarnation on either side (old rows, brokers without topic ids): as before
+    assert already_applied(s, "changes", 3, 7, "")
+    assert already_applied(with_source(state(2), "changes", 3, 100), "changes", 3, 7, "id-2")

@@ -69,7 +69,7 @@ def test_worker_metrics_move_with_the_stream(settings, worker_factory, producer)
     port = free_port()
     settings = settings.replace(metrics_port=port)
     worker = worker_factory(settings, EMBEDSTREAM_WEAVIATE_API_KEY="wv-secret-in-env",
-                            EMBEDSTREAM_SASL_PASSWORD="sasl-secret-in-env")
+                            EMBEDSTREAM_SASL_PASSWORD="sasl-secret-in-env", EMBEDSTREAM_HEALTH_INTERVAL_S="0.5")
     # readiness: 503 while loading, 200 once broker, topics, store and model are ready
     seen = []
 
@@ -106,8 +106,12 @@ def test_worker_metrics_move_with_the_stream(settings, worker_factory, producer)
     assert m["embedstream_chunks_written_total"] == written
     assert m["embedstream_batch_size_events_sum"] == n + 2
     assert m["embedstream_ready"] == 1
-    lag = {k: v for k, v in m.items() if k.startswith("embedstream_consumer_lag")}
-    assert lag and all(v == 0 for v in lag.values())
+    # lag of every assigned partition (8), from the committed position, refreshed on a timer
+    lag = wait_for(lambda: (lambda lag: lag if len(lag) == 8 and all(v == 0 for v in lag.values()) else None)(
+        {k: v for k, v in scrape(port).items() if k.startswith("embedstream_consumer_lag")}), 30,
+        what="lag 0 on all 8 partitions")
+    assert len(lag) == 8
+    assert 0 <= m["embedstream_seconds_since_progress"] < 60
     info = [k for k in m if k.startswith("embedstream_info")][0]
     assert re.search(r'fingerprint="all-MiniLM-L6-v2:int8:', info) and 'provider="CPUExecutionProvider"' in info
     raw = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
@@ -133,3 +137,30 @@ def test_worker_json_logs_one_line_per_batch_without_secrets(settings, worker_fa
     assert worker.stop() == 0
     log = worker.log()
     assert "wv-secret-77" not in log and "kafka-secret-88" not in log
+
+
+def test_readyz_turns_503_while_the_store_keeps_failing_and_livez_stays_200(settings, worker_factory, producer,
+                                                                              encoder):
+    """Readiness used to be set once at start-up: a worker retrying a dead store for hours said
+    ready. Now it answers 503 once the store has failed for EMBEDSTREAM_UNREADY_AFTER_S, and 200
+    again after it recovers; /livez only says the process answers."""
+    from pathlib import Path
+
+    from test_outage import Stream, lancedb_outage, written_before_outage
+
+    port = free_port()
+    settings = settings.replace(metrics_port=port)
+    worker = worker_factory(settings, EMBEDSTREAM_UNREADY_AFTER_S="3", EMBEDSTREAM_HEALTH_INTERVAL_S="0.5")
+    stream = Stream(producer, settings)
+    written_before_outage(settings, stream, encoder, 3)
+    wait_for(lambda: get(port, "/readyz")[0] == 200, 30, what="ready before the outage")
+    with lancedb_outage(Path(settings.data_dir) / "lancedb"):
+        stream.upsert("during", 1, "written during the store outage")
+        stream.flush()
+        code, body = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(get(port, "/readyz")), 60,
+                              what="/readyz 503 during the outage")
+        assert json.loads(body)["checks"]["store"]["ok"] is False
+        assert "failing for" in json.loads(body)["checks"]["store"]["detail"]
+        assert get(port, "/livez")[0] == 200
+    wait_for(lambda: get(port, "/readyz")[0] == 200, 90, what="ready again after the outage")
+    assert worker.stop() == 0

@@ -188,3 +188,44 @@ def test_sigterm_during_a_store_outage_stops_the_worker_without_committing(setti
         assert rc != -signal.SIGKILL, (
             f"the worker did not stop within {SHUTDOWN_GRACE_S + 15:.0f}s of SIGTERM during a store outage (killed "
             f"after {took:.0f}s); it kept retrying:\n" + "\n".join(worker.log().splitlines()[-6:]))
+
+
+def test_worker_started_while_the_store_is_down_waits_for_it_not_ready(settings, worker_factory, producer, encoder):
+    """A worker (re)started while its store is unavailable waits with backoff, answers /readyz 503
+    naming the store, and starts consuming once the store is back; it does not exit. (Before, it died
+    at start-up with TransientStoreError, and an orchestrator restart loop was the only retry.)"""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from app.broker import free_port
+
+    port = free_port()
+    s = settings.replace(metrics_port=port)
+    lance_dir = Path(s.data_dir) / "lancedb"
+    lance_dir.mkdir(parents=True)
+    stream = Stream(producer, s)
+    stream.upsert("early-1", 1, words(1))
+    ends = stream.flush()
+
+    def readyz():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+        except OSError:
+            return None, None
+
+    with lancedb_outage(lance_dir):
+        worker = worker_factory(s)
+        code, body = wait_for(lambda: (lambda r: r if r[0] == 503 and "unavailable" in
+                                       r[1]["checks"]["store"]["detail"] else None)(readyz()),
+                              90, what="/readyz 503 naming the unavailable store")
+        wait_for(lambda: worker.log().count("store unavailable") >= 2, 30, what="the worker retrying the store")
+        assert worker.alive()
+    store = open_store(s, encoder)
+    wait_for(lambda: store.count_documents() == 1, 90, what="the document written once the store is back")
+    wait_for(lambda: committed(s, ends) == ends, 30, what="its offset committed")
+    wait_for(lambda: readyz()[0] == 200, 30, what="/readyz 200")
+    assert worker.stop() == 0

@@ -137,11 +137,43 @@ def test_duplicate_delivery_changes_nothing(proc, codec, store, counting):
     before = {d: store.chunk_rows(d) for d in ("a", "b")}
     encoded = counting.chunks
     res = proc.process(batch)
-    # the same records again: recognised by their offsets (a re-sent event with a new offset
-    # would be a version "duplicate")
-    assert res.counts["already_applied"] == 2 and res.chunks_written == 0
+    # the same records again: versions decide (same version, same content), whatever the offset
+    assert res.counts["duplicate"] == 2 and res.chunks_written == 0
     assert counting.chunks == encoded
     assert {d: store.chunk_rows(d) for d in ("a", "b")} == before
+
+
+def test_redelivered_tombstone_is_recognised_by_its_position(proc, codec, store):
+    """Tombstones carry no version: a redelivered one (at or below the offset the state came from)
+    must not delete what a later record of the same log wrote."""
+    first = [rec(codec, "a", 1, "one"), tomb("a")]
+    later = rec(codec, "a", 2, "two")
+    proc.process(first + [later])
+    res = proc.process(first + [later])  # redelivery of the whole range
+    assert res.counts["already_applied"] == 1 and res.counts["duplicate"] == 1
+    st = store.get_states(["a"])["a"]
+    assert (st.version, st.deleted) == (2, False) and store.chunk_rows("a")[0]["text"] == "two"
+
+
+def test_a_recreated_topic_is_not_skipped_by_offset(codec, store, encoder):
+    """After the topic is recreated (new topic id) its offsets start at 0 again: a newer version at
+    a low offset is applied, and a tombstone at a low offset deletes (before: both were skipped as
+    'already applied' because their offsets were below the stored one)."""
+    proc = Processor(codec, encoder, Chunker(encoder.tokenizer, 256, 32), store, backoff=Backoff(0.01, 0.05))
+    ev = lambda doc, v, text: codec.encode(ChangeEvent(doc, Op.UPSERT, v, 1_700_000_000_000, text))
+    proc.incarnations = {"changes": "topic-id-1"}
+    proc.process([Record("changes", 0, 500, b"a", ev("a", 1, "old a")),
+                  Record("changes", 0, 501, b"b", ev("b", 1, "old b"))])
+    assert store.get_states(["a"])["a"].source_incarnation == "topic-id-1"
+    proc.incarnations = {"changes": "topic-id-2"}  # deleted and created again
+    res = proc.process([Record("changes", 0, 0, b"a", ev("a", 2, "new a")), Record("changes", 0, 1, b"b", None)])
+    assert res.counts["already_applied"] == 0
+    states = store.get_states(["a", "b"])
+    assert states["a"].version == 2 and store.chunk_rows("a")[0]["text"] == "new a"
+    assert states["b"].deleted and store.chunk_rows("b") == []
+    # the same tombstone again, in the new incarnation: now it is a redelivery
+    res = proc.process([Record("changes", 0, 1, b"b", None)])
+    assert res.counts["already_applied"] == 1
 
 
 def test_unchanged_content_is_not_reencoded(proc, codec, store, counting):
