@@ -7,12 +7,15 @@ then check that the store converged to exactly the state the event log implies.
 
     python -m load.crash_harness --broker-kills 3 ...                   # also SIGKILL + restart Kafka
     python -m load.crash_harness --broker tansu ...                     # on the embedded Tansu broker
+    python -m load.crash_harness --store weaviate ...                   # into a real Weaviate
 
 The CLI starts its own Apache Kafka (``load.servers.kafka.KafkaServer``; ``--broker tansu``: the
 embedded Tansu broker of ``embedstream dev``), creates
 unique topics with ``app.topics.create_topics`` and a fresh data directory. The worker is
 ``python -m app worker`` as a subprocess (as in production), configured through
-``EMBEDSTREAM_*`` like ``tests/conftest.py`` does, writing LanceDB files.
+``EMBEDSTREAM_*`` like ``tests/conftest.py`` does, writing LanceDB files (``--store weaviate``:
+into a real Weaviate the harness starts with ``load.servers.weaviate.WeaviateServer``, API-key auth
+on; ``--weaviate-url``: an external one, whose collections it drops afterwards).
 
 What happens (:func:`run_crash_harness`):
 
@@ -59,6 +62,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import random
 import re
 import signal
@@ -70,7 +74,7 @@ import time
 import uuid
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from load.procs import stop_process
 
@@ -257,21 +261,21 @@ class Snapshot:
     count: int
 
 
-def open_store(data_dir: str | Path, encoder):
-    from app.store.lancedb import LanceDBStore
+def open_store(where, encoder):
+    """The worker's store: ``where`` is the settings (LanceDB or Weaviate, as configured) or a data
+    directory (LanceDB)."""
+    from app.components import open_store as open_configured
 
-    return LanceDBStore(Path(data_dir) / "lancedb", encoder.fingerprint, encoder.dim, create=False)
+    if isinstance(where, (str, Path)):
+        from app.store.lancedb import LanceDBStore
+
+        return LanceDBStore(Path(where) / "lancedb", encoder.fingerprint, encoder.dim, create=False)
+    return open_configured(where, encoder.fingerprint, encoder.dim, create=False)
 
 
 def snapshot(store, doc_ids) -> Snapshot:
     """The whole store: states of ``doc_ids`` and every chunk row (one scan, not one per doc)."""
-    import lancedb
-
-    db = lancedb.connect(str(store.path))
-    table = db.open_table(f"{store.collection}__chunks")
-    rows = table.search().select(["id", "doc_id", "chunk_index", "chunk_count", "version", "content_hash",
-                                  "text", "metadata_json"]).limit(None).to_arrow().to_pylist()
-    return Snapshot(store.get_states(list(doc_ids)), rows, store.count())
+    return Snapshot(store.get_states(list(doc_ids)), store.all_chunk_rows(), store.count())
 
 
 @dataclass
@@ -394,6 +398,8 @@ def worker_env(settings, **extra) -> dict[str, str]:
             env["EMBEDSTREAM_" + f.upper()] = str(getattr(settings, f))
     if "metrics_port" in names:
         env["EMBEDSTREAM_METRICS_PORT"] = "0"  # several workers on one machine
+    if getattr(settings, "weaviate_api_key", ""):
+        env["EMBEDSTREAM_WEAVIATE_API_KEY"] = settings.weaviate_api_key
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
@@ -401,12 +407,23 @@ def worker_env(settings, **extra) -> dict[str, str]:
 class WorkerProc:
     """``python -m app worker`` as a subprocess; one log file per incarnation."""
 
-    def __init__(self, settings, log_path: Path, **extra_env):
+    def __init__(self, settings, log_path: Path, fault: str = "", **extra_env):
         self.log_path = log_path
+        #: ``stage:n`` of load/faults.py: this incarnation raises one plain exception there
+        self.fault = fault
         self.env = worker_env(settings, **extra_env)
-        self.proc = subprocess.Popen([sys.executable, "-m", "app", "worker"], cwd=REPO, env=self.env,
-                                     stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
+        cmd = [sys.executable, "-m", "app", "worker"]
+        if fault:
+            from load.faults import ENV
+
+            self.env[ENV] = fault
+            cmd = [sys.executable, "-m", "load.faults"]  # `embedstream worker` with the fault patched in
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=open(log_path, "ab"),
+                                     stderr=subprocess.STDOUT)
         self.started = time.monotonic()
+
+    def fault_triggered(self) -> bool:
+        return bool(self.fault) and "injected fault at" in self.log()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -526,6 +543,12 @@ class Report:
     broker_downtime_s: float = 0.0
     #: worker exits while the broker was down (or just back): fail-closed, restarted, not a failure
     exits_in_broker_outage: list = field(default_factory=list)
+    #: faults injected (``stage:n``, one incarnation each) and how each incarnation ended
+    faults: list = field(default_factory=list)
+    #: incarnations whose injected fault fired and that failed closed (exit 70): expected
+    fault_exits: list = field(default_factory=list)
+    #: injected faults that never fired (the stage was not reached before the incarnation ended)
+    faults_not_fired: list = field(default_factory=list)
     sigterm_exit_codes: list = field(default_factory=list)
     sigterm_committed_prefix_events: int = 0
     unexpected_exits: list = field(default_factory=list)
@@ -560,6 +583,8 @@ class Report:
             f"broker kills (SIGKILL + restart on its log dir) {self.broker_kills}, "
             f"broker down {self.broker_downtime_s:.0f}s in all, worker exits (restarted) during broker outages "
             f"{self.exits_in_broker_outage}",
+            f"faults injected {len(self.faults)}: failed closed (exit 70) {len(self.fault_exits)} "
+            f"{self.fault_exits}, not reached {self.faults_not_fired}",
             f"batches logged {self.batches_logged}, store retries logged {self.retries_logged}",
             f"drained {self.drained} (produce {self.produce_s:.0f}s, drain {self.drain_s:.0f}s, "
             f"total {self.total_s:.0f}s)",
@@ -587,12 +612,17 @@ def run_crash_harness(settings, *, events: int, kills: int, seed: int = 1, docs:
                       encoder=None, log_dir: Path | None = None, kill_delay_s: tuple[float, float] = (0.0, 2.5),
                       progress_timeout_s: float = 60.0, drain_timeout_s: float | None = None,
                       broker=None, broker_kills: int = 0, broker_down_s: tuple[float, float] = (1.0, 6.0),
-                      echo: Callable[[str], None] = print) -> Report:
+                      faults: Sequence[str] = (), echo: Callable[[str], None] = print) -> Report:
     """Run the crash scenario against ``settings`` (topics must exist). See the module docstring.
 
     ``broker_kills`` (needs ``broker``, a :class:`load.servers.kafka.KafkaServer`): while the events
     are produced, the broker is SIGKILLed that many times at random moments and restarted on the
     same log dir after ``broker_down_s`` seconds; producer, worker and harness ride it out.
+
+    ``faults`` (``stage:n`` of :mod:`load.faults`): the first ``len(faults)`` worker incarnations
+    each raise one plain exception at that stage. Such a worker must fail closed - exit 70 with
+    nothing past the failure committed - and the next incarnation must converge; an incarnation
+    whose fault fired and that exited otherwise is an unexpected exit (the run fails).
     """
     from app.chunking import Chunker
 
@@ -650,9 +680,16 @@ def run_crash_harness(settings, *, events: int, kills: int, seed: int = 1, docs:
         return any(a <= now <= b + grace_s for a, b in outages)
 
     def restart_dead(w: WorkerProc) -> None:
-        """A worker that exited on its own: an outage exit, or a failure of the run."""
+        """A worker that exited on its own: its injected fault, an outage exit, or a failure of the run."""
         what = f"{w.log_path.name}: rc {w.proc.returncode}"
-        (report.exits_in_broker_outage if in_broker_outage() else report.unexpected_exits).append(what)
+        if w.fault_triggered() and w.proc.returncode == 70:
+            report.fault_exits.append(f"{w.fault} ({w.log_path.name})")
+        elif in_broker_outage():
+            report.exits_in_broker_outage.append(what)
+        else:
+            report.unexpected_exits.append(what + (f" (fault {w.fault})" if w.fault else ""))
+        if len(report.unexpected_exits) > 5:
+            raise RuntimeError(f"workers keep exiting: {report.unexpected_exits}")
         workers.append(start_worker())
 
     def kill_broker_repeatedly() -> None:
@@ -679,7 +716,11 @@ def run_crash_harness(settings, *, events: int, kills: int, seed: int = 1, docs:
     def start_worker() -> WorkerProc:
         incarnation[0] += 1
         committed_at_start[incarnation[0]] = total_committed()  # the previous incarnation is gone
-        return WorkerProc(settings, log_dir / f"worker-{incarnation[0]:02d}.log")
+        fault = faults[incarnation[0] - 1] if incarnation[0] <= len(faults) else ""
+        if fault:
+            report.faults.append(fault)
+            echo(f"[harness] incarnation {incarnation[0]}: fault {fault}")
+        return WorkerProc(settings, log_dir / f"worker-{incarnation[0]:02d}.log", fault=fault)
 
     workers: list[WorkerProc] = []
     sigterm_snapshot = None
@@ -718,12 +759,14 @@ def run_crash_harness(settings, *, events: int, kills: int, seed: int = 1, docs:
 
         if not sigterm:
             sigterm_at = -1
-        for k in range(kills + (1 if sigterm else 0)):
+        k = -1
+        while k + 1 < kills + (1 if sigterm else 0):
             w = workers[-1]
             why = wait_progress(w)
-            if why == "dead":
+            if why == "dead":  # exited on its own (a fault, a broker outage): does not use up a kill
                 restart_dead(w)
                 continue
+            k += 1
             time.sleep(rng.uniform(*kill_delay_s))
             if k == sigterm_at:
                 w.wait_ready()
@@ -743,7 +786,7 @@ def run_crash_harness(settings, *, events: int, kills: int, seed: int = 1, docs:
                     # no kill -9 before: the store holds exactly the effects of processed events, so it must
                     # equal the state of the committed prefix (after a kill, the killed worker's uncommitted
                     # writes may legitimately run ahead of the committed offsets until redelivered)
-                    store = open_store(settings.data_dir, encoder)
+                    store = open_store(settings, encoder)
                     sigterm_snapshot = (committed, snapshot(store, [f"doc-{i:04d}" for i in range(docs)]))
                     store.close()
                 echo(f"[harness] SIGTERM after {n_before} batches ({why}): exit code {rc}, {processed} events "
@@ -791,13 +834,15 @@ def run_crash_harness(settings, *, events: int, kills: int, seed: int = 1, docs:
         offsets.close()
     for w in workers:
         text = w.log()
+        if w.fault and not w.fault_triggered():
+            report.faults_not_fired.append(f"{w.fault} ({w.log_path.name})")
         report.batches_logged += text.count("batch events=")
         report.retries_logged += text.count("retrying")
 
     # -- check ------------------------------------------------------------------------------
     echo("[harness] checking the store")
     expected = expected_state(stream)
-    store = open_store(settings.data_dir, encoder)
+    store = open_store(settings, encoder)
     check = compare(expected, snapshot(store, expected), chunker)
     if verify_vectors:
         check_vectors(expected, store, encoder, chunker, check)
@@ -835,6 +880,22 @@ def _partitions(settings) -> list[int]:
     return list(range(existing_topics(settings)[settings.changes_topic]))
 
 
+def _fault_specs(text: str, seed: int) -> list[str]:
+    """``--faults``: 'all' or 'stage[:n],...' -> ['stage:n', ...] (n drawn from 2..5 when not given)."""
+    from load.faults import STAGES
+
+    if not text:
+        return []
+    rng = random.Random(seed * 31 + 7)
+    out = []
+    for item in (STAGES if text == "all" else [t.strip() for t in text.split(",") if t.strip()]):
+        stage, _, n = item.partition(":")
+        if stage not in STAGES:
+            raise SystemExit(f"--faults: unknown stage {stage!r} (one of {', '.join(STAGES)})")
+        out.append(f"{stage}:{int(n) if n else rng.randint(2, 5)}")
+    return out
+
+
 def _busy(w: WorkerProc) -> bool:
     """Heuristic: the worker processed a batch recently, so it is most likely inside the next one."""
     return w.log_path.exists() and time.time() - w.log_path.stat().st_mtime < 1.0
@@ -859,6 +920,20 @@ def main(argv: list[str] | None = None) -> int:
                          "its log dir")
     ap.add_argument("--bootstrap-servers", default="", help="use this running broker instead of starting one")
     ap.add_argument("--data-dir", default="", help="LanceDB + logs (default: a new temporary directory)")
+    ap.add_argument("--store", choices=("lancedb", "weaviate"), default="lancedb",
+                    help="the worker's store: LanceDB files in the data dir (default) or Weaviate: a real server "
+                         "the harness starts (load/servers/weaviate.py, API-key auth on), or --weaviate-url")
+    ap.add_argument("--weaviate-url", default="",
+                    help="with --store weaviate: use this running Weaviate (REST URL; its collections of this run "
+                         "are dropped afterwards)")
+    ap.add_argument("--weaviate-grpc-port", type=int, default=50051, help="with --weaviate-url: its gRPC port")
+    ap.add_argument("--weaviate-api-key", default="",
+                    help="with --weaviate-url: its API key (default: $EMBEDSTREAM_WEAVIATE_API_KEY)")
+    ap.add_argument("--faults", default="",
+                    help="inject plain exceptions (load/faults.py): 'all' (every stage once) or a comma list of "
+                         "stage[:n] (the n-th call raises; default n drawn from 2..5). The first incarnations get "
+                         "one fault each; each must fail closed (exit 70) and the next converge. Stages: "
+                         "prepare, encode, store-chunks, store-states, store-permanent, drift, dlq-send, ack")
     ap.add_argument("--json", default="", help="also write the report as JSON to this file")
     args = ap.parse_args(argv)
 
@@ -871,6 +946,9 @@ def main(argv: list[str] | None = None) -> int:
     broker = None
     if args.broker_kills and (args.bootstrap_servers or args.broker != "kafka"):
         ap.error("--broker-kills needs the harness's own Kafka (--broker kafka, no --bootstrap-servers)")
+    if args.weaviate_url and args.store != "weaviate":
+        ap.error("--weaviate-url needs --store weaviate")
+    weaviate = None
     if not args.bootstrap_servers:
         if args.broker == "kafka":
             from load.servers.kafka import KafkaServer
@@ -880,6 +958,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             broker = EmbeddedBroker(log_path=data_dir / "broker.log").start()
     try:
+        if args.store == "weaviate" and not args.weaviate_url:
+            from load.servers.weaviate import WeaviateServer
+
+            weaviate = WeaviateServer(data_dir / "weaviate").start()
+            print(f"[harness] Weaviate {weaviate.server_version} on {weaviate.url}, gRPC {weaviate.grpc_port} "
+                  f"(log {weaviate.log_path})")
         tag = uuid.uuid4().hex[:8]
         over = dict(bootstrap_servers=args.bootstrap_servers or broker.bootstrap, data_dir=str(data_dir / "data"),
                     app_id=f"crash-{tag}", changes_topic=f"changes-{tag}", alerts_topic=f"alerts-{tag}",
@@ -888,12 +972,27 @@ def main(argv: list[str] | None = None) -> int:
                     session_timeout_s=6.0, heartbeat_interval_s=1.0)
         if "metrics_port" in {f.name for f in fields(Settings)}:
             over["metrics_port"] = 0
+        if args.store == "weaviate":
+            over.update(store="weaviate", collection_prefix=f"Crash{tag}",
+                        weaviate_url=weaviate.url if weaviate else args.weaviate_url,
+                        weaviate_grpc_port=weaviate.grpc_port if weaviate else args.weaviate_grpc_port,
+                        weaviate_api_key=(weaviate.api_key if weaviate else
+                                          args.weaviate_api_key or os.environ.get("EMBEDSTREAM_WEAVIATE_API_KEY", ""))
+                        or "")
         settings = Settings.load(env={}, **over)
         create_topics(settings, replication_factor=1, echo=lambda m: None)
-        report = run_crash_harness(settings, events=args.events, kills=args.kills, seed=args.seed, docs=args.docs,
+        report = run_crash_harness(settings, faults=_fault_specs(args.faults, args.seed), events=args.events, kills=args.kills, seed=args.seed, docs=args.docs,
                                    rate=args.rate, sigterm=not args.no_sigterm, verify_vectors=not args.no_vectors,
                                    log_dir=data_dir / "logs", broker=broker, broker_kills=args.broker_kills)
+        if args.weaviate_url:
+            from app.encoder import Encoder
+
+            enc = Encoder.load("int8")
+            with open_store(settings, enc) as store:
+                store.drop_collections()
     finally:
+        if weaviate is not None:
+            weaviate.stop()
         if broker is not None:
             broker.stop()
     print(report.summary())

@@ -469,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         encode = None
         if args.mapping == "debezium":
             encode = debezium_encoder()
-            say(f"[loadgen] debezium records; map the topic with (EMBEDSTREAM_INPUTS):\n"
+            say("[loadgen] debezium records; map the topic with (EMBEDSTREAM_INPUTS):\n"
                 + encode.table.inputs_toml().replace(encode.table.topic, topic))
         stats = produce(stream, producer, topic, codec, rate=rate, max_events=args.events, duration=args.duration,
                         encode=encode,
