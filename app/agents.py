@@ -81,8 +81,31 @@ def _transport(fetch_max_wait_ms: int, idempotent: bool) -> type:
             return consumer
 
     class Consumer(_aiokafka_driver.Consumer):
+        """Only acks the delivery loop made count (see :meth:`approve`).
+
+        Faust acks by itself every message its stream *skips* - while flow control is suspended
+        (a rebalance, the worker stopping) or when the message is of an earlier consumer
+        generation - so that lag does not grow. For us those are records nobody processed: an ack
+        would let the next commit pass them (seen in the crash harness with injected faults: the
+        worker failed, Faust's shutdown skipped and acked the records behind the failed batch, and
+        committed past three junk records that were never dead-lettered). Here an ack only counts
+        for a message :class:`FaustSource` approved when the store acknowledged its batch.
+        """
+
         def _new_consumer_thread(self):
             return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+        def approve(self, message) -> None:
+            """``message`` was processed and may be acked (and so committed)."""
+            self.__dict__.setdefault("_embedstream_approved", set()).add((message.tp, message.offset))
+
+        def ack(self, message) -> bool:
+            approved = self.__dict__.setdefault("_embedstream_approved", set())
+            key = (message.tp, message.offset)
+            if key not in approved:
+                return False  # a skipped message: not processed, never committed
+            approved.discard(key)
+            return super().ack(message)
 
     class Producer(_aiokafka_driver.Producer):
         def _settings_extra(self):
@@ -165,7 +188,6 @@ class FaustSource:
                 await stream.crash(exc)
             return value
 
-        enable_acks = stream.enable_acks
         stream.enable_acks = False  # acks are manual (after the store acknowledged)
         stream.add_processor(add_to_buffer)
         stream._enable_passive(aiter(stream.channel))
@@ -186,7 +208,8 @@ class FaustSource:
                 self._handles[batch.seq] = (batch, set(batch.partitions))
                 yield batch
         finally:
-            stream.enable_acks = enable_acks
+            # acks stay manual for good: Faust's passive iteration of the stream goes on after this
+            # generator ends (a failure, shutdown) and would ack every event it passes
             stream._processors.remove(add_to_buffer)
 
     def _take(self, max_events: int) -> list:
@@ -222,6 +245,7 @@ class FaustSource:
                 b, pending = entry
                 for rec, event in zip(b.records, b.handles):
                     if tp_of(rec) == tp:
+                        self.app.consumer.approve(event.message)
                         await self.stream.ack(event)
                 pending.discard(tp)
                 if not pending:

@@ -69,11 +69,19 @@ def factory():
 
 def _committed(settings, partitions=range(8)) -> dict[int, int]:
     """The worker group's committed offsets on the changes topic (partitions that have one)."""
+    from confluent_kafka import KafkaException
+
     c = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": settings.app_id,
                   "enable.auto.commit": False})
     try:
-        tps = c.committed([TopicPartition(settings.changes_topic, p) for p in partitions], timeout=10)
-        return {tp.partition: tp.offset for tp in tps if tp.offset >= 0}
+        for attempt in range(40):  # NOT_COORDINATOR while the group's coordinator is being set up
+            try:
+                tps = c.committed([TopicPartition(settings.changes_topic, p) for p in partitions], timeout=10)
+                return {tp.partition: tp.offset for tp in tps if tp.offset >= 0}
+            except KafkaException as exc:
+                if not exc.args[0].retriable() or attempt == 39:
+                    raise
+                time.sleep(0.25)
     finally:
         c.close()
 
@@ -171,15 +179,17 @@ def test_a_failure_it_cannot_handle_stops_the_worker_without_committing_past_it(
     """A permanent store error without per-object errors (a fingerprint mismatch) used to end the
     agent; Faust restarted it on the same stream and the worker kept running, ready and stuck. Now
     it fails closed: exit status 70, /readyz 503 meanwhile, nothing of the batch committed; a new
-    worker (the orchestrator's restart) gets the batch again and converges."""
+    worker (the orchestrator's restart) gets the batch again and converges. Many more records wait
+    behind the failed batch: Faust's stream keeps iterating after the delivery loop ends, and once
+    acked every record it passed (a re-enabled ack flag), committing past the failed batch."""
     port = free_port()
-    settings = settings.replace(metrics_port=port, batch_max_events=4)
+    settings = settings.replace(metrics_port=port)
     first = _produce(settings, [(f"a-{i}", f"first round {i}") for i in range(4)], partition=0)
     log_path = tmp_path / "faulty.log"
     proc = _fault_worker(settings, log_path, "store-permanent:2")  # the 2nd batch's write is refused
     try:
         wait_for(lambda: _committed(settings, [0]) == first, 90, what="the first batch committed")
-        second = _produce(settings, [(f"b-{i}", f"second round {i}") for i in range(4)], partition=0)
+        second = _produce(settings, [(f"b-{i}", f"second round {i}") for i in range(1200)], partition=0)
         seen = []
 
         def exited():
@@ -198,7 +208,7 @@ def test_a_failure_it_cannot_handle_stops_the_worker_without_committing_past_it(
     # the orchestrator restarts it: the batch is redelivered and written
     worker = worker_factory(settings)
     store = _store(settings, encoder)
-    wait_for(lambda: store.count_documents() == 8, 90, what="all 8 documents after the restart")
+    wait_for(lambda: store.count_documents() == 1204, 180, what="all 1204 documents after the restart")
     wait_for(lambda: _committed(settings, [0]) == second, 30, what="everything committed")
     assert worker.stop() == 0
 
@@ -263,3 +273,27 @@ def test_a_rebalance_while_the_store_is_down_finishes_within_the_rebalance_timeo
             a.send_signal(15)
             a.wait(60)
     assert a.returncode == 0, a_log()[-3000:]
+
+
+def test_faust_acks_only_count_for_records_the_store_acknowledged(broker, settings, monkeypatch):
+    """Faust acks on its own every message its stream skips (flow control suspended during a
+    rebalance or a shutdown, an earlier consumer generation). Those records were never processed:
+    the worker's consumer refuses such acks, so no commit can pass them. Found by the crash harness
+    with injected faults (three junk records committed without a dead letter)."""
+    from faust.types import TP as FaustTP
+    from faust.types.tuples import ConsumerMessage
+
+    app = create_app(settings, _NoProcessor())
+    consumer = app.consumer
+    tp = FaustTP(settings.changes_topic, 0)
+    monkeypatch.setattr(app.topics, "acks_enabled_for", lambda topic: True)  # as once the agent subscribed
+
+    def message(offset: int):
+        return ConsumerMessage(tp.topic, tp.partition, offset, 0.0, 0, [], b"k", b"v", None, 1, 1, tp)
+
+    skipped, processed = message(7), message(8)
+    assert skipped.ack(consumer) is False           # what Faust's stream does with a skipped message
+    assert consumer._acked[tp] == [] and not skipped.acked
+    consumer.approve(processed)                      # FaustSource.ack, after the store acknowledged
+    assert processed.ack(consumer) is True
+    assert consumer._acked[tp] == [8]
