@@ -93,7 +93,8 @@ def install(version: str = KAFKA_VERSION, quiet: bool = False) -> Path:
 
 
 def new_cluster_id() -> str:
-    """A KRaft cluster id: a base64url (no padding) UUID, as `kafka-storage random-uuid` prints."""
+    """A KRaft cluster id: a base64url (no padding) UUID, as `kafka-storage random-uuid` prints. It
+    may start with "-" (1 in 32): it is passed as ``--cluster-id=<id>``, never as a separate argument."""
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
@@ -171,7 +172,7 @@ class KafkaServer:
 
     def format(self) -> None:
         props = self._write_properties()
-        cmd = self._java("kafka.tools.StorageTool", "format", "-t", self.cluster_id, "-c", str(props),
+        cmd = self._java("kafka.tools.StorageTool", "format", f"--cluster-id={self.cluster_id}", "-c", str(props),
                          "--standalone", "--ignore-formatted", *self.format_args)
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if r.returncode != 0:
