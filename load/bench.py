@@ -56,6 +56,7 @@ import sys
 import tempfile
 import time
 import uuid
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -92,6 +93,7 @@ class BenchConfig:
     timeout_s: float = 600.0             # per waiting phase
     bootstrap_servers: str = ""          # use this Kafka instead of starting a broker
     broker: str = "kafka"                # the broker to start: kafka (Apache Kafka) or tansu (embedded)
+    store: str = "lancedb"               # the worker's store: lancedb (files) or weaviate (a real server it starts)
     profile: str | None = None           # py-spy raw profile of the worker -> file
     profile_phase: str = "saturation"    # ... during this phase: saturation or latency
     #: EXPERIMENT (not an app setting): run the worker with Faust's hard-coded consumer
@@ -407,6 +409,7 @@ class Bench:
         self.say = log
         self.worker: subprocess.Popen | None = None
         self.broker = None
+        self.weaviate = None
         self.result: dict = {}
 
     # -- setup ------------------------------------------------------------------------
@@ -416,7 +419,15 @@ class Bench:
 
         tag = uuid.uuid4().hex[:8]
         over = dict(app_id=f"bench-{tag}", changes_topic=f"bench-changes-{tag}", alerts_topic=f"bench-alerts-{tag}",
-                    dlq_topic=f"bench-dlq-{tag}", data_dir=str(workdir / "data"), store="lancedb")
+                    dlq_topic=f"bench-dlq-{tag}", data_dir=str(workdir / "data"), store=self.cfg.store)
+        if self.cfg.store == "weaviate":
+            from load.servers.weaviate import WeaviateServer
+
+            self.weaviate = WeaviateServer(workdir / "weaviate").start()
+            self.say(f"[bench] Weaviate {self.weaviate.server_version} on {self.weaviate.url}, "
+                     f"gRPC {self.weaviate.grpc_port} (API-key auth)")
+            over.update(weaviate_url=self.weaviate.url, weaviate_grpc_port=self.weaviate.grpc_port,
+                        weaviate_api_key=self.weaviate.api_key or "", collection_prefix=f"Bench{tag}")
         if self.cfg.threads:
             over["encoder_threads"] = self.cfg.threads
         if self.given_settings is not None:  # e.g. a test's broker and topics
@@ -446,9 +457,11 @@ class Bench:
         env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDSTREAM_")}
         for f in ("bootstrap_servers", "data_dir", "app_id", "changes_topic", "alerts_topic", "dlq_topic",
                   "batch_max_wait_s", "batch_max_events", "store", "model_variant", "encoder_threads",
-                  "collection_prefix"):
+                  "collection_prefix", "weaviate_url", "weaviate_grpc_port"):
             if hasattr(s, f):
                 env["EMBEDSTREAM_" + f.upper()] = str(getattr(s, f))
+        if getattr(s, "weaviate_api_key", ""):
+            env["EMBEDSTREAM_WEAVIATE_API_KEY"] = s.weaviate_api_key
         env["EMBEDSTREAM_METRICS_PORT"] = "0"  # no fixed port: other workers may run on this machine
         env["EMBEDSTREAM_LOG_LEVEL"] = "INFO"  # the per-batch lines are the timing source ...
         env["EMBEDSTREAM_LOG_JSON"] = "true"   # ... with millisecond timestamps
@@ -511,6 +524,11 @@ class Bench:
 
     def _chunk_times(self, s, store) -> dict[str, int]:
         """doc_id -> indexed_time_ms (latest over its chunks), read in one scan."""
+        if s.store != "lancedb":
+            out: dict[str, int] = {}
+            for r in store.all_chunk_rows():
+                out[r["doc_id"]] = max(out.get(r["doc_id"], 0), int(r["indexed_time_ms"]))
+            return out
         import lancedb
 
         db = lancedb.connect(str(Path(s.data_dir) / "lancedb"))
@@ -542,6 +560,8 @@ class Bench:
             self._stop_worker()
             if self.broker is not None:
                 self.broker.stop()
+            if self.weaviate is not None:
+                self.weaviate.stop()
             if not cfg.keep_dir:
                 shutil.rmtree(workdir, ignore_errors=True)
         R["loadavg_end"] = os.getloadavg()
@@ -578,6 +598,9 @@ class Bench:
             "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
             "provider": encoder.provider, "model_fingerprint": encoder.fingerprint, "model_variant": encoder.variant,
             "encoder_threads": threads, "encoder_max_rows_per_call": encoder.max_rows,
+            "broker": (f"Apache Kafka {self.broker.version}" if getattr(self.broker, "version", None)
+                       else "embedded Tansu" if self.broker is not None else s.bootstrap_servers),
+            "store": s.store + (f" {self.weaviate.server_version}" if self.weaviate is not None else ""),
             **_versions(("lancedb", "faust-streaming", "confluent-kafka", "aiokafka", "tokenizers", "numpy")),
         }
         R["texts"] = {
@@ -1136,6 +1159,34 @@ def format_table(R: dict) -> str:
     return "\n".join(lines)
 
 
+def format_comparison(runs: dict[str, dict]) -> str:
+    """Side by side: the figures of each variant, measured back to back in one invocation."""
+    def f(v, fmt="{:.1f}"):
+        return "n/a" if v is None or (isinstance(v, float) and v != v) else fmt.format(v)
+
+    rows = [("encoder alone (docs/s)", lambda R: f(R["encoder"]["docs_per_s"])),
+            ("pipeline at saturation (events/s)", lambda R: f(R["pipeline"]["events_per_s"])),
+            ("pipeline / encoder", lambda R: f(R["ratio_pipeline_over_encoder"], "{:.3f}")),
+            ("latency rate (events/s)", lambda R: f(R["latency"]["target_rate_eps"])),
+            ("event -> searchable p50 / p95 / p99 (ms)",
+             lambda R: " / ".join(f(R["latency"][k], "{:.0f}") for k in ("p50_ms", "p95_ms", "p99_ms"))),
+            ("batch done p50 / p95 / p99 (ms)",
+             lambda R: " / ".join(f(R["latency"][k], "{:.0f}") for k in ("done_p50_ms", "done_p95_ms", "done_p99_ms"))),
+            ("worker peak RSS (MiB)", lambda R: f(R["worker"]["peak_rss_mb"])),
+            ("foreign CPU (cores) saturation / latency",
+             lambda R: " / ".join(str(R["noise"].get(k, {}).get("foreign_cpu_cores", "n/a"))
+                                  for k in ("saturation", "latency")))]
+    names = list(runs)
+    w0 = max(len(r[0]) for r in rows)
+    cells = [[fn(runs[n]) for n in names] for _, fn in rows]
+    ws = [max(len(n), *(len(c[i]) for c in cells)) for i, n in enumerate(names)]
+    lines = ["same invocation, back to back, same texts:",
+             f"{'':<{w0}}  " + "  ".join(f"{n:>{w}}" for n, w in zip(names, ws))]
+    for (label, _), c in zip(rows, cells):
+        lines.append(f"{label:<{w0}}  " + "  ".join(f"{v:>{w}}" for v, w in zip(c, ws)))
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m load.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1165,6 +1216,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --store-growth: LanceDBStore.optimize() every N batches (default never, as the worker)")
     p.add_argument("--broker", choices=("kafka", "tansu"), help="the broker to start: Apache Kafka (default) or "
                                                                  "the embedded Tansu of `embedstream dev`")
+    p.add_argument("--store", choices=("lancedb", "weaviate"),
+                   help="the worker's store: LanceDB files (default) or a real Weaviate the bench starts "
+                        "(load/servers/weaviate.py, API-key auth)")
+    p.add_argument("--compare", choices=("brokers", "stores"),
+                   help="run the benchmark twice in one invocation, back to back on the same texts: on Apache "
+                        "Kafka then the embedded Tansu (brokers), or into LanceDB then Weaviate (stores, on "
+                        "--broker); prints both tables and a side-by-side summary")
     p.add_argument("--bootstrap-servers", help="use this Kafka (topics are created) instead of starting a broker")
     p.add_argument("--timeout", type=float, help="seconds to wait in each phase (default 600; quick 60)")
     p.add_argument("--keep-dir", action="store_true", help="keep the temporary directory (worker log, LanceDB)")
@@ -1199,7 +1257,7 @@ def main(argv: list[str] | None = None) -> int:
                       ("threads", "threads"), ("baseline_python", "baseline_python"),
                       ("baseline_model", "baseline_model"), ("timeout", "timeout_s"),
                       ("bootstrap_servers", "bootstrap_servers"), ("broker", "broker"), ("profile", "profile"), ("profile_phase", "profile_phase"),
-                      ("mapping", "mapping"), ("mapping_reps", "mapping_reps")):
+                      ("mapping", "mapping"), ("mapping_reps", "mapping_reps"), ("store", "store")):
         v = getattr(args, name)
         if v is not None:
             kw[key] = v
@@ -1216,9 +1274,34 @@ def main(argv: list[str] | None = None) -> int:
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
+    command = " ".join(shlex.quote(a) for a in [Path(sys.executable).as_posix(), "-m", "load.bench",
+                                                  *(sys.argv[1:] if argv is None else argv)])
+    if args.compare:
+        if args.compare == "brokers" and args.bootstrap_servers:
+            print("error: --compare brokers starts both brokers itself (no --bootstrap-servers)", file=sys.stderr)
+            return 2
+        variants = ({"Apache Kafka": {"broker": "kafka"}, "embedded Tansu": {"broker": "tansu"}}
+                    if args.compare == "brokers" else
+                    {"LanceDB": {"store": "lancedb"}, "Weaviate": {"store": "weaviate"}})
+        runs = {}
+        try:
+            for i, (name, over) in enumerate(variants.items()):
+                # the sentence-transformers baseline does not depend on the variant: once is enough
+                vc = dataclasses.replace(cfg, **over, baseline=cfg.baseline and i == 0)
+                say(f"[bench] === {args.compare}: {name} ===")
+                runs[name] = run_bench(vc, log=say, command=command)
+        except BenchError as exc:
+            print(f"benchmark failed: {exc}", file=sys.stderr)
+            return 1
+        for name, R in runs.items():
+            print(f"\n== {name} ==\n{format_table(R)}")
+        print("\n" + format_comparison(runs))
+        if args.out:
+            Path(args.out).write_text(json.dumps({"command": command, "compare": args.compare, "runs": runs},
+                                                 indent=2, default=str))
+            say(f"[bench] results written to {args.out}")
+        return 0
     try:
-        command = " ".join(shlex.quote(a) for a in [Path(sys.executable).as_posix(), "-m", "load.bench",
-                                                      *(sys.argv[1:] if argv is None else argv)])
         R = run_bench(cfg, log=say, command=command)
     except BenchError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
