@@ -225,10 +225,15 @@ class EventCodec:
             if self.registry is None:
                 raise ValueError("the Confluent framing needs a schema registry URL")
             from confluent_kafka.serialization import MessageField, SerializationContext
+            from confluent_kafka.schema_registry import topic_subject_name_strategy
             from confluent_kafka.schema_registry.avro import AvroSerializer
 
             if self._confluent_ser is None:
-                self._confluent_ser = AvroSerializer(self.registry, self._schema_str)
+                # subject "<topic>-value", as Kafka Connect and the Java serializers name it. (The
+                # client's own default since 2.16 first asks the registry for "associations", an
+                # endpoint Confluent-compatible registries such as Apicurio answer with 404.)
+                self._confluent_ser = AvroSerializer(self.registry, self._schema_str,
+                                                     conf={"subject.name.strategy": topic_subject_name_strategy})
             return self._confluent_ser(event.to_avro(), SerializationContext(topic, MessageField.VALUE))
         raise ValueError(f"unknown framing {framing!r}")
 

@@ -111,6 +111,11 @@ def test_every_mapping_on_one_worker_ends_in_the_right_store_state(settings, sch
         sent.append((topic, key, value))
 
     js = lambda obj: None if obj is None else json.dumps(obj).encode()  # noqa: E731
+    # Keys as Kafka Connect's JsonConverter writes them: the same key struct gives the same bytes,
+    # so a row's changes share one partition. (The tutorial page prints the snapshot read's key
+    # with its fields in another order than the later events' keys; sent verbatim, row 1004's
+    # events were split over two partitions and the outcome counts depended on fetch order.)
+    jk = lambda obj: json.dumps(obj, sort_keys=True).encode()  # noqa: E731
 
     def avro(topic, part: str, obj):
         if obj is None:
@@ -124,7 +129,7 @@ def test_every_mapping_on_one_worker_ends_in_the_right_store_state(settings, sch
     mysql = [(r["key"], r["value"]) for r in recs] + [column_added(tutorial), (recs[1]["key"], recs[1]["value"]),
                                                       (recs[-1]["key"], recs[-1]["value"]), missing_column(tutorial)]
     for k, v in mysql:
-        send(topics["json_topic"], js(k), js(v))                                      # JsonConverter, schemas on
+        send(topics["json_topic"], jk(k), js(v))                                      # JsonConverter, schemas on
         send(topics["avro_topic"], avro(topics["avro_topic"], "key", k), avro(topics["avro_topic"], "value", v))
     for r in fixture("postgres_reference")["records"]:                                 # JsonConverter, schemas off
         send(topics["pg_topic"], js(r["key"]["payload"]), js(r["value"] and r["value"]["payload"]))
