@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -108,3 +109,68 @@ def tail(path: Path | None, lines: int = 40) -> str:
         return "(no log)"
     text = Path(path).read_text(errors="replace").splitlines()
     return "\n".join(text[-lines:])
+
+
+def maven_fetch(recipe: Path, home: Path, dest: Path, properties: dict[str, str], what: str,
+                runtime_only: bool = False) -> None:
+    """``mvn dependency:copy-dependencies`` of the POM ``recipe`` (copied into ``home``) into ``dest``."""
+    mvn = require_tool("mvn", f"to fetch {what} from Maven Central for the tests",
+                       "Install Maven 3.8+ (Debian: apt-get install maven).")
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(dest, ignore_errors=True)
+    pom = home / "pom.xml"
+    shutil.copy(recipe, pom)
+    cmd = [mvn, "-q", "-B", "-f", str(pom), *(f"-D{k}={v}" for k, v in properties.items()),
+           "dependency:copy-dependencies", *(["-DincludeScope=runtime"] if runtime_only else []),
+           f"-DoutputDirectory={dest}"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"fetching {what} with Maven failed ({' '.join(cmd)}):\n"
+                           f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+
+
+class ServerProcess:
+    """What the test servers share: one child process in its own process group (``self.proc``),
+    stopped with SIGTERM and, after a timeout, SIGKILL; :meth:`start` (the subclass's) restarts it
+    on the same data. A context manager."""
+
+    proc: subprocess.Popen | None = None
+    log_path: Path
+
+    def start(self):  # pragma: no cover - every server defines it
+        raise NotImplementedError
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL (a crash: what is not on disk is lost)."""
+        if self.alive():
+            os.killpg(self.proc.pid, signal.SIGCONT)  # a paused process must not linger
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+        self.proc = None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Controlled shutdown (SIGTERM), SIGKILL if it takes longer than ``timeout``."""
+        if self.alive():
+            os.killpg(self.proc.pid, signal.SIGCONT)
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.proc = None
+
+    def restart(self):
+        self.stop()
+        return self.start()
+
+    def log_tail(self, lines: int = 60) -> str:
+        return tail(self.log_path, lines)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -20,13 +20,13 @@ import base64
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import time
 import uuid
 from pathlib import Path
 
-from load.servers import PrerequisiteMissing, cache_dir, free_ports, java_bin, require_tool, tail, wait_port
+from load.servers import (PrerequisiteMissing, ServerProcess, cache_dir, free_ports, java_bin, maven_fetch, tail,
+                           wait_port)
 
 log = logging.getLogger(__name__)
 
@@ -71,21 +71,11 @@ def install(version: str = KAFKA_VERSION, quiet: bool = False) -> Path:
     if stamp.exists():
         return lib
     java_bin()
-    mvn = require_tool("mvn", "to fetch Apache Kafka from Maven Central for the tests",
-                       "Install Maven 3.8+ (Debian: apt-get install maven).")
-    home.mkdir(parents=True, exist_ok=True)
-    tmp = home / "lib.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    pom = home / "pom.xml"
-    shutil.copy(RECIPES / "kafka.pom.xml", pom)
     if not quiet:
         print(f"installing Apache Kafka {version} (Maven Central) into {home} ...", flush=True)
-    cmd = [mvn, "-q", "-B", "-f", str(pom), f"-Dkafka.version={version}", "dependency:copy-dependencies",
-           "-DincludeScope=runtime", f"-DoutputDirectory={tmp}"]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"fetching Kafka {version} with Maven failed ({' '.join(cmd)}):\n"
-                           f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    tmp = home / "lib.partial"
+    maven_fetch(RECIPES / "kafka.pom.xml", home, tmp, {"kafka.version": version}, f"Apache Kafka {version}",
+                runtime_only=True)
     shutil.rmtree(lib, ignore_errors=True)
     tmp.rename(lib)
     stamp.write_text(version + "\n")
@@ -98,7 +88,7 @@ def new_cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
-class KafkaServer:
+class KafkaServer(ServerProcess):
     """A single-node Kafka (broker + controller) with its log in ``workdir``.
 
     ``listeners`` adds named listeners (name -> (security protocol, port or 0)) beside the
@@ -212,38 +202,6 @@ class KafkaServer:
                 raise RuntimeError(f"Kafka on {self.bootstrap} did not serve metadata in time; last log lines:\n"
                                    f"{tail(self.log_path)}")
             time.sleep(0.2)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL the broker (a crash: nothing is flushed beyond what the OS has)."""
-        if self.alive():
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(30)
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Controlled shutdown (SIGTERM), SIGKILL if it takes longer than ``timeout``."""
-        if self.alive():
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.proc = None
-
-    def restart(self) -> "KafkaServer":
-        self.stop()
-        return self.start()
-
-    def log_tail(self, lines: int = 60) -> str:
-        return tail(self.log_path, lines)
-
-    def __enter__(self) -> "KafkaServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 __all__ = ["KAFKA_VERSION", "KafkaServer", "PrerequisiteMissing", "install", "kafka_home"]

@@ -30,7 +30,6 @@ import http.client
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import tarfile
 import threading
@@ -39,7 +38,8 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from load.servers import PrerequisiteMissing, _java_major, cache_dir, free_ports, require_tool, tail, wait_port
+from load.servers import (PrerequisiteMissing, ServerProcess, _java_major, cache_dir, free_ports, maven_fetch, tail,
+                           wait_port)
 
 log = logging.getLogger(__name__)
 
@@ -88,21 +88,11 @@ def install(version: str = REGISTRY_VERSION, quiet: bool = False) -> Path:
     if stamp.exists():
         return app
     registry_java()
-    mvn = require_tool("mvn", "to fetch the schema registry (Apicurio) from Maven Central for the tests",
-                       "Install Maven 3.8+ (Debian: apt-get install maven).")
-    home.mkdir(parents=True, exist_ok=True)
-    dl = home / "download"
-    shutil.rmtree(dl, ignore_errors=True)
-    pom = home / "pom.xml"
-    shutil.copy(RECIPES / "registry.pom.xml", pom)
     if not quiet:
         print(f"installing Apicurio Registry {version} (Maven Central) into {home} ...", flush=True)
-    cmd = [mvn, "-q", "-B", "-f", str(pom), f"-Dregistry.version={version}", "dependency:copy-dependencies",
-           f"-DoutputDirectory={dl}"]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"fetching Apicurio Registry {version} with Maven failed ({' '.join(cmd)}):\n"
-                           f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    dl = home / "download"
+    maven_fetch(RECIPES / "registry.pom.xml", home, dl, {"registry.version": version},
+                f"the schema registry (Apicurio Registry {version})")
     archives = sorted(dl.glob("apicurio-registry-app-*-all.tar.gz"))
     if len(archives) != 1:
         raise RuntimeError(f"expected one apicurio-registry-app-*-all.tar.gz in {dl}, found {archives}")
@@ -119,7 +109,7 @@ def install(version: str = REGISTRY_VERSION, quiet: bool = False) -> Path:
     return app
 
 
-class RegistryServer:
+class RegistryServer(ServerProcess):
     """Apicurio Registry on a free 127.0.0.1 port, its schemas in an H2 file under ``workdir``.
 
     ``stop()`` then ``start()`` is a registry outage: same port, same schemas and ids afterwards.
@@ -201,35 +191,6 @@ class RegistryServer:
 
         status, body = self._get("/apis/registry/v3/system/info")
         return json.loads(body)["version"] if status == 200 else "?"
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.alive():
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(30)
-        self.proc = None
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM (Quarkus shuts down cleanly), SIGKILL after ``timeout``."""
-        if self.alive():
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.proc = None
-
-    def log_tail(self, lines: int = 60) -> str:
-        return tail(self.log_path, lines)
-
-    def __enter__(self) -> "RegistryServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
 
 class RegistryProxy:
     """A loopback HTTP proxy in front of a registry, for failures a running registry does not produce.

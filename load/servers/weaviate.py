@@ -56,7 +56,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from load.servers import cache_dir, free_ports, require_tool, tail, wait_port
+from load.servers import ServerProcess, cache_dir, free_ports, require_tool, wait_port
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def install(version: str = WEAVIATE_VERSION, quiet: bool = False) -> Path:
     return binary
 
 
-class WeaviateServer:
+class WeaviateServer(ServerProcess):
     """One Weaviate node with its data in ``workdir/data`` and its log in ``workdir/weaviate.log``.
 
     ``api_key``: the key clients must send (default: a random one); ``anonymous=True`` turns
@@ -239,9 +239,6 @@ class WeaviateServer:
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())
 
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
@@ -256,32 +253,6 @@ class WeaviateServer:
         if self.alive():
             os.killpg(self.proc.pid, signal.SIGCONT)
 
-    def kill(self) -> None:
-        """SIGKILL (a crash: what is not on disk is lost); :meth:`start` restarts on the same data."""
-        if self.alive():
-            os.killpg(self.proc.pid, signal.SIGCONT)  # a paused process must not linger
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(30)
-        self.proc = None
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM (Weaviate flushes and closes its stores), SIGKILL after ``timeout``."""
-        if self.alive():
-            os.killpg(self.proc.pid, signal.SIGCONT)
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.proc = None
-
-    def restart(self) -> "WeaviateServer":
-        self.stop()
-        return self.start()
-
-    def log_tail(self, lines: int = 60) -> str:
-        return tail(self.log_path, lines)
-
     def problems(self, lines: int = 20) -> str:
         """The last warning/error/fatal lines of the log (the info lines are mostly noise)."""
         if not self.log_path.exists():
@@ -290,12 +261,6 @@ class WeaviateServer:
                 if '"level":"warning"' in ln or '"level":"error"' in ln or '"level":"fatal"' in ln
                 or not ln.startswith("{")]
         return "\n".join(keep[-lines:]) or "(none)"
-
-    def __enter__(self) -> "WeaviateServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 __all__ = ["SHARED_SETTINGS", "WEAVIATE_VERSION", "WeaviateServer", "binary_path", "install", "weaviate_home"]
