@@ -60,7 +60,7 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from load.procs import stop_process
+from load.procs import exit_on_sigterm, stop_process
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -1235,6 +1235,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    exit_on_sigterm()  # a `kill` stops the servers this run started too
     if args.encoder_variants:
         res = encoder_variants(args.docs or 300, args.encoder_variants,
                                log=lambda line: print(line, file=sys.stderr, flush=True))

@@ -76,7 +76,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
-from load.procs import stop_process
+from load.procs import exit_on_sigterm, stop_process
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO / "app" / "data" / "sample_corpus.jsonl"
@@ -641,7 +641,8 @@ def run_crash_harness(settings, *, events: int, kills: int, seed: int = 1, docs:
     stream = generate_events(events, docs, seed)
     report.events = len(stream)
     report.kinds = dict(collections.Counter(g.kind for g in stream))
-    rate = rate or max(20.0, events / max(1, (kills + 1) * 12))
+    # about 12 s of producing per incarnation (each kill, each injected fault, the SIGTERM check)
+    rate = rate or max(20.0, events / max(1, (kills + len(faults) + 1) * 12))
     echo(f"[harness] {len(stream)} events over {docs} docs, {kills} kills, producing at {rate:.0f}/s; "
          f"logs in {log_dir}")
 
@@ -759,9 +760,22 @@ def run_crash_harness(settings, *, events: int, kills: int, seed: int = 1, docs:
 
         if not sigterm:
             sigterm_at = -1
+        def wait_exit(w: WorkerProc) -> None:
+            """An incarnation with an injected fault: until it exits (its fault) or that takes too long."""
+            deadline = time.monotonic() + 2 * progress_timeout_s
+            while w.alive() and time.monotonic() < deadline:
+                if produced.is_set() and w.ready() and caught_up():
+                    return  # nothing left that would reach the faulty stage
+                time.sleep(0.1)
+
         k = -1
         while k + 1 < kills + (1 if sigterm else 0):
             w = workers[-1]
+            if w.fault:  # no kill, no SIGTERM: it must stop itself, failing closed
+                wait_exit(w)
+                if not w.alive():
+                    restart_dead(w)
+                    continue
             why = wait_progress(w)
             if why == "dead":  # exited on its own (a fault, a broker outage): does not use up a kill
                 restart_dead(w)
@@ -936,6 +950,7 @@ def main(argv: list[str] | None = None) -> int:
                          "prepare, encode, store-chunks, store-states, store-permanent, drift, dlq-send, ack")
     ap.add_argument("--json", default="", help="also write the report as JSON to this file")
     args = ap.parse_args(argv)
+    exit_on_sigterm()  # a `kill` stops the servers this run started too
 
     from app.broker import EmbeddedBroker
     from app.config import Settings

@@ -20,3 +20,12 @@ def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: flo
         proc.kill()
         proc.wait()
         return False
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM ends this process like Ctrl-C does: with an exception, so ``finally`` blocks run and
+    the servers it started (Kafka, Weaviate, the registry: each in its own session, so they do not
+    get the signal) are stopped instead of being left behind."""
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, handler)
