@@ -16,6 +16,7 @@ import pytest
 from app.broker import EmbeddedBroker
 from app.config import Settings
 from load.procs import stop_process
+from tests.session_servers import USED as SERVERS_USED, record
 from tests.store.real_weaviate import real_weaviate  # noqa: F401  (session fixture: one real Weaviate)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,7 +41,7 @@ def kafka_broker(tmp_path_factory):
 
     k = KafkaServer(tmp_path_factory.mktemp("kafka"))
     k.start()
-    print(f"\n[embedstream tests] Apache Kafka {k.version} on {k.bootstrap} (log {k.log_path})")
+    record(f"Apache Kafka {k.version} on {k.bootstrap} (log {k.log_path})")
     yield k
     k.stop()
 
@@ -84,7 +85,7 @@ def registry_server(tmp_path_factory):
 
     r = RegistryServer(tmp_path_factory.mktemp("registry"))
     r.start()
-    print(f"\n[embedstream tests] Apicurio Registry {r.server_version()} on {r.url} (log {r.log_path})")
+    record(f"Apicurio Registry {r.server_version()} on {r.url} (log {r.log_path})")
     yield r
     r.stop()
 
@@ -265,3 +266,12 @@ def committed_total(settings: Settings, partitions: int = 8) -> int:
         return sum(max(tp.offset, 0) for tp in tps)
     finally:
         c.close()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The servers this session ran on (CI logs must show the broker's, registry's and Weaviate's
+    versions)."""
+    if SERVERS_USED:
+        terminalreporter.section("real servers of this run")
+        for line in SERVERS_USED:
+            terminalreporter.write_line(line)

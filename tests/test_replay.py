@@ -263,10 +263,10 @@ def test_progress_display_plain_lines():
     assert "\x1b[3F" in tty.getvalue()  # redrawn in place
 
 
-def test_replay_into_weaviate(settings, producer, encoder):
-    from weaviate_server import WeaviateTestServer
-
+def test_replay_into_weaviate(settings, producer, encoder, real_weaviate):
+    """Replay into a real Weaviate (API-key auth), then blue/green reindex through its alias."""
     from app.reindex import alias_record, resolve_search_target
+    from tests.store.real_weaviate import unique_prefix
 
     items = [("w-1", 1, Op.UPSERT, "Glaciers carve valleys over thousands of years.", T0),
              ("w-2", 1, Op.UPSERT, "Espresso is brewed by forcing hot water through coffee.", T0 + 1),
@@ -276,9 +276,11 @@ def test_replay_into_weaviate(settings, producer, encoder):
     produce(producer, settings.changes_topic, items)
     producer.produce(settings.changes_topic, key=b"bad", value=b"\x07garbage", headers=[("trace", b"t-1")])
     producer.flush(10)
-    with WeaviateTestServer() as server:
-        s = settings.replace(store="weaviate", weaviate_url=server.url, weaviate_grpc_port=server.grpc_port,
-                             collection_prefix="EsReplay", weaviate_timeout_s=5)
+    prefix = unique_prefix("EsReplay")
+    try:
+        s = settings.replace(store="weaviate", weaviate_url=real_weaviate.url, weaviate_grpc_port=real_weaviate.grpc_port,
+                             weaviate_api_key=real_weaviate.api_key or "", collection_prefix=prefix,
+                             weaviate_timeout_s=20)
         proc = open_target(s, encoder=encoder)
         try:
             rep = Replayer.start(s, ReplayRange(), processor=proc, name="wv").run()
@@ -303,7 +305,7 @@ def test_replay_into_weaviate(settings, producer, encoder):
             rx = Reindex(s, encoders={"int8": encoder})
             assert rx.start(chunk_tokens=64, chunk_overlap=8)["phase"] == "ready"
             new = rx.state["new"]["collection"]
-            assert new.startswith("EsReplay_c64o8_") and rx.state["old"]["collection"] == proc.store.collection_name
+            assert new.startswith(f"{prefix}_c64o8_") and rx.state["old"]["collection"] == proc.store.collection_name
             assert all(c.ok for c in rx.swap())
             assert alias_record(s)["collection"] == new
             enc, store = resolve_search_target(s, encoders={"int8": encoder})
@@ -316,6 +318,8 @@ def test_replay_into_weaviate(settings, producer, encoder):
             assert alias_record(s)["collection"] == proc.store.collection_name
         finally:
             proc.store.close()
+    finally:
+        real_weaviate.drop_prefix(prefix)
     # the dead letter went to the DLQ with its headers
     from conftest import consume_all
 

@@ -94,7 +94,11 @@ def _external() -> RealWeaviate | None:
 
 
 def _say(request, line: str) -> None:
-    """A line in the test log even when output is captured (CI shows the server version)."""
+    """A line in the test log even when output is captured (CI shows the server version; it is
+    listed again at the end of the report)."""
+    from tests.session_servers import record
+
+    record(line.replace("[embedstream tests] ", ""))
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line(line)
