@@ -1175,7 +1175,7 @@ def format_comparison(runs: dict[str, dict]) -> str:
             ("worker peak RSS (MiB)", lambda R: f(R["worker"]["peak_rss_mb"])),
             ("foreign CPU (cores) saturation / latency",
              lambda R: " / ".join(str(R["noise"].get(k, {}).get("foreign_cpu_cores", "n/a"))
-                                  for k in ("saturation", "latency")))]
+                                  for k in ("pipeline", "latency")))]
     names = list(runs)
     w0 = max(len(r[0]) for r in rows)
     cells = [[fn(runs[n]) for n in names] for _, fn in rows]
