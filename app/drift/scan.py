@@ -265,7 +265,10 @@ class ShiftScan:
         self.null = null.copy() if null is not None else ScanNull(dim)
         w = max(self.wmax, 3)
         self.lags = (w // 3, 2 * w // 3)  # a triangle (t, t + a, t + b) for the online moments
-        self._k0 = 2 * w  # buffer positions kept before the first new row
+        self.block = int(block)
+        # buffer positions kept before the first new row: the longest window, and the rows a refresh
+        # learns from (up to `block` rows that left the windows, with partners up to wmax ahead)
+        self._k0 = 2 * w + self.block
         self.compact_every = max(int(compact_every) // self.block, 1) * self.block
         self._cap = self._k0 + self.compact_every
         self.count = 0  # rows seen by this scan (since construction / restart)
@@ -292,10 +295,6 @@ class ShiftScan:
         self._first = self._k0  # buffer position of the first real row
         self._P_origin = np.zeros(d)  # _P at the history origin (may lie before the buffer)
         self._SQ_origin = 0.0
-        # per-row contributions to the online moments, summed into `live` at each refresh (in a
-        # fixed order, so that the sums do not depend on the batching)
-        b = self.block
-        self._blk = {k: np.zeros(b) for k in ("dup", "pairs", "h2", "h2n", "h3", "h3n")}
 
     def _pos(self, g: int) -> int:
         """Buffer position of global row ``g`` (valid for the rows kept in the buffer)."""
@@ -334,13 +333,6 @@ class ShiftScan:
 
     def _refresh(self, upto: int) -> None:
         """New running mean (history of rows < global ``upto``), moments and threshold."""
-        lv = self.live
-        for key, acc in (("dup", lv.dup), ("h2", lv.h2), ("h3", lv.h3)):
-            cnt = "pairs" if key == "dup" else key + "n"
-            acc[0] += float(self._blk[key].sum())
-            acc[1] += float(self._blk[cnt].sum())
-        for a in self._blk.values():
-            a[:] = 0.0
         s, n, sq = self._hist_upto(upto)
         self.N = max(n, 1.0)
         self.m = s / self.N
@@ -355,6 +347,11 @@ class ShiftScan:
         self.collision = (nl.dup[0] + lv.dup[0]) / pn if pn > 0 else 0.0
         self.dof = scan_dof(self.trace, self.tau2, self.tau3)
         self.thr = scan_threshold(self.dof, self.budget / max(len(self.windows), 1))
+        inv = 1.0 / self.N
+        self._warr = np.array(self.windows, dtype=np.int64)
+        self._pairs = self._warr * (self._warr - 1) / 2.0
+        self._mean0 = self._pairs * (self.trace * inv - self.collision)
+        self._sd = np.sqrt(self._pairs * self.tau2 * (1 + 2 * (self._warr - 1) * inv + 2 * self._pairs * inv**2))
         f = self._fill
         self._Rm[:f] = np.einsum("ij,j->i", self._rows[:f], self.m)
         self._Pm[: f + 1] = np.einsum("ij,j->i", self._P[: f + 1], self.m)
@@ -364,7 +361,9 @@ class ShiftScan:
 
         Per row: its collision term (pairs with the next ``wmax - 1`` rows), the squared products of
         the triangle (t, t + a, t + b) of centred rows for ``tau2``, and the triangle's product for
-        ``tr(C^3)`` (pairs of equal keys left out). Kept per row until the next refresh.
+        ``tr(C^3)`` (pairs of equal keys left out). Called once per refresh for the ``block`` rows
+        that left the windows since the last one (always the same rows: the sums do not depend on
+        the batching).
         """
         p0, p1 = self._pos(e0), self._pos(e1)
         k = p1 - p0
@@ -387,15 +386,13 @@ class ShiftScan:
         tot = np.where(oka, xa * xa, 0.0) + np.where(okb, xb * xb, 0.0) + np.where(okab, ab * ab, 0.0)
         have = cnt > 0
         tri = oka & okb & okab  # three distinct documents
-        j = e0 % self.block  # a chunk never crosses a refresh (a multiple of `block`)
-        sl = slice(j, j + k)
-        blk = self._blk
-        blk["dup"][sl] = same.sum(axis=1) * self._g[p0:p1]
-        blk["pairs"][sl] = w - 1
-        blk["h2"][sl] = np.where(have, tot / np.maximum(cnt, 1), 0.0)
-        blk["h2n"][sl] = have
-        blk["h3"][sl] = np.where(tri, xa * ab * xb, 0.0)
-        blk["h3n"][sl] = tri
+        lv = self.live
+        lv.dup[0] += float((same.sum(axis=1) * self._g[p0:p1]).sum())
+        lv.dup[1] += float(k * (w - 1))
+        lv.h2[0] += float(np.where(have, tot / np.maximum(cnt, 1), 0.0).sum())
+        lv.h2[1] += float(have.sum())
+        lv.h3[0] += float(np.where(tri, xa * ab * xb, 0.0).sum())
+        lv.h3[1] += float(tri.sum())
 
     # -------------------------------------------------------------- state
     def merged_null(self) -> ScanNull:
@@ -403,11 +400,9 @@ class ShiftScan:
         out = self.null.copy()
         s, n, sq = self._hist_upto(max(self.count - self.wmax, self.hist_origin))
         out.hist_sum, out.hist_n, out.hist_sq = s.copy(), n, sq
-        blk = self._blk
-        for a, b, key, cnt in ((out.h2, self.live.h2, "h2", "h2n"), (out.h3, self.live.h3, "h3", "h3n"),
-                               (out.dup, self.live.dup, "dup", "pairs")):
-            a[0] += b[0] + float(blk[key].sum())
-            a[1] += b[1] + float(blk[cnt].sum())
+        for a, b in ((out.h2, self.live.h2), (out.h3, self.live.h3), (out.dup, self.live.dup)):
+            a[0] += b[0]
+            a[1] += b[1]
         return out
 
     def recentre(self, units: np.ndarray, keys: np.ndarray, history: int) -> None:
@@ -420,8 +415,6 @@ class ShiftScan:
         null.hist_sq = float(np.einsum("ij,ij->", h, h))
         self.null = null
         self.live = ScanNull(self.dim)
-        for a in self._blk.values():
-            a[:] = 0.0
         self.hist_origin = max(self.count - self.wmax, 0)
         if self.count > self.wmax:
             p = self._pos(self.hist_origin)
@@ -458,23 +451,18 @@ class ShiftScan:
 
     def _dup_sums(self, pi, pj, w: int, t0: int, t1: int) -> np.ndarray | None:
         """Per row t in [t0, t1): the sum of g_j over the duplicate pairs (i, j) inside its window of
-        w rows (i > t - w, j <= t), added pair by pair in (j, i) order (batching-independent)."""
-        near = pj - pi < w
-        if not near.any():
-            return None
-        i, j = pi[near], pj[near]
-        order = np.lexsort((i, j))
-        i, j = i[order], j[order]
-        lo = np.maximum(j, t0)
-        hi = np.minimum(i + w - 1, t1 - 1)
-        ln = hi - lo + 1
-        ok = ln > 0
+        w rows (i > t - w, j <= t). ``pi``/``pj`` are sorted by (j, i); each row gets its pairs' terms
+        added in that order, so the bits do not depend on the batching."""
+        lo = np.maximum(pj, t0)
+        hi = np.minimum(pi + w - 1, t1 - 1)
+        ok = (pj - pi < w) & (hi >= lo)
         if not ok.any():
             return None
-        lo, ln, g = lo[ok], ln[ok], self._g[j[ok]]
+        lo, hi, g = lo[ok], hi[ok], self._g[pj[ok]]
+        ud = np.zeros(t1 - t0)
+        ln = hi - lo + 1
         starts = np.repeat(lo - np.concatenate([[0], np.cumsum(ln)[:-1]]), ln)
         rows = starts + np.arange(int(ln.sum()))
-        ud = np.zeros(t1 - t0)
         np.add.at(ud, rows - t0, np.repeat(g, ln))
         return ud
 
@@ -499,32 +487,45 @@ class ShiftScan:
         # duplicate pairs inside the windows that end at the new rows
         lo = max(f0 - self.wmax + 1, self._first)
         pi, pj = _dup_pairs(self._keys[lo:f1], lo, self.wmax)
-        inv = 1.0 / self.N
-        best = np.full(n, -np.inf)
-        for w in self.windows:
-            a = max(w - c0 - 1, 0)  # first new row whose window of w rows is full
-            if a >= n:
-                continue
-            e0, e1 = f0 + 1 + a, f1 + 1  # prefix positions just after those rows
-            cross = np.einsum("ij,ij->i", P[e0:e1], P[e0 - w : e1 - w])
-            s2 = self._PP[e0:e1] - 2 * cross + self._PP[e0 - w : e1 - w]
-            q = self._SQ[e0:e1] - self._SQ[e0 - w : e1 - w]
-            sm = self._Pm[e0:e1] - self._Pm[e0 - w : e1 - w]
-            pairs = w * (w - 1) / 2
-            ustat = (s2 - q) / 2 - (w - 1) * sm + pairs * self.mm
-            if len(pi):
-                ud = self._dup_sums(pi, pj, w, f0 + a, f1)
-                if ud is not None:
-                    ustat = ustat - ud
-            mean0 = pairs * (self.trace * inv - self.collision)
-            var = pairs * self.tau2 * (1 + 2 * (w - 1) * inv + 2 * pairs * inv**2)
-            np.maximum(best[a:], (ustat - mean0) / math.sqrt(var), out=best[a:])
+        if len(pi):
+            order = np.lexsort((pi, pj))
+            pi, pj = pi[order], pj[order]
+        # every window at once: (windows, rows) arrays; a row whose window is not yet full gets -inf
+        W = self._warr
+        e = np.arange(f0 + 1, f1 + 1)  # prefix position just after each new row
+        eb = e[None, :] - W[:, None]
+        cross = np.empty((len(W), n))
+        for r, w in enumerate(self.windows):  # contiguous views: no copy of (windows x rows x dim)
+            np.einsum("ij,ij->i", P[f0 + 1 : f1 + 1], P[f0 + 1 - w : f1 + 1 - w], out=cross[r])
+        s2 = self._PP[f0 + 1 : f1 + 1][None, :] - 2 * cross + self._PP[eb]
+        q = self._SQ[f0 + 1 : f1 + 1][None, :] - self._SQ[eb]
+        sm = self._Pm[f0 + 1 : f1 + 1][None, :] - self._Pm[eb]
+        ustat = (s2 - q) / 2 - (W - 1)[:, None] * sm + self._pairs[:, None] * self.mm
+        if len(pi):
+            live = pi + W.max() - 1 >= f0  # pairs still inside some window of a new row
+            if live.any():
+                pi, pj = pi[live], pj[live]
+                if len(pi) <= 24:  # the usual case: a few pairs; one slice per pair and window
+                    # (summed from 0 in (j, i) order, then subtracted: the same bits as _dup_sums)
+                    ud = np.zeros_like(ustat)
+                    for i, j, g in zip(pi.tolist(), pj.tolist(), self._g[pj].tolist()):
+                        a = max(j, f0) - f0
+                        for r, w in enumerate(self.windows):
+                            if j - i < w and i + w - f0 > a:
+                                ud[r, a : i + w - f0] += g
+                    ustat -= ud
+                else:
+                    for r, w in enumerate(self.windows):
+                        ud = self._dup_sums(pi, pj, w, f0, f1)
+                        if ud is not None:
+                            ustat[r] -= ud
+        t = (ustat - self._mean0[:, None]) / self._sd[:, None]
+        t[np.arange(c0 + 1, c0 + n + 1)[None, :] < W[:, None]] = -np.inf
+        best = t.max(axis=0)
         out = np.where(np.isfinite(best), best - self.thr + self.threshold, np.nan)
         e1 = self.count - self.wmax
-        if self.online and e1 > self.hist_origin:
-            e0 = max(c0 - self.wmax, self.hist_origin)
-            if e1 > e0:
-                self._learn(e0, e1)
         if e1 > self.hist_origin and e1 % self.block == 0:
+            if self.online:
+                self._learn(max(e1 - self.block, self.hist_origin), e1)
             self._refresh(e1)
         return out
