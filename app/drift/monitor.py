@@ -10,9 +10,11 @@ One :class:`DriftMonitor` watches one key (model fingerprint + collection). Life
    are: each PageHinkley signal is turned into rank scores against the held-out sample of *this*
    collection (:class:`~app.drift.nulls.RankScores`), which makes its false-alarm rate the same for
    every collection, and the ``shift`` scan is normalised by this collection's own moments and
-   running mean and has this collection's threshold (:class:`~app.drift.signals.ShiftScan`). Both
-   are calibrated from the collection's own warm-up, with thresholds that depend only on its size
-   (DRIFT.md section 3). Detector alarms become alerts:
+   running mean, refined online, and has this collection's threshold (:class:`~app.drift.scan.ShiftScan`).
+   Nothing is calibrated on a corpus (DRIFT.md section 3). Live events are processed in
+   micro-batches of at least ``min_batch`` (smaller batches are held back, at most
+   ``max_batch_wait_ms`` of event time; the alerts do not depend on it). Detector alarms become
+   alerts:
 
    * a *verdict* needs ``k_required`` distinct (signal, detector) alarms within ``coincidence``
      events (default 1: any calibrated detector);
