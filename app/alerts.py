@@ -7,6 +7,10 @@
   ``DriftAlert`` record (``schemas/drift_alert.avsc``) in Avro single-object encoding
   (``C3 01`` + CRC-64-AVRO fingerprint + body), like change events, so any consumer with
   the schema file can decode it.
+* Schema evolution: FIRED and CLEARED alerts are written with schema version 1 (the one released
+  before ENCODER_CHANGED existed), so a consumer that only knows version 1 keeps decoding them and
+  only skips ENCODER_CHANGED records (which its decoder rejects as an unknown schema); this decoder
+  knows both versions and resolves version-1 records to the current one.
 """
 from __future__ import annotations
 
@@ -18,25 +22,32 @@ from pathlib import Path
 import fastavro
 
 from app.drift import DriftAlert, DriftConfig, DriftMonitor
-from app.drift.alert import alert_schema
+from app.drift.alert import alert_schema, alert_schema_v1, writer_schema
 from app.events import SINGLE_OBJECT_MAGIC, DecodeError, schema_fingerprint
 
 log = logging.getLogger(__name__)
 
 
 def encode_alert_message(alert: DriftAlert) -> bytes:
-    schema = alert_schema()
+    """Single-object encoding with the oldest schema version that carries the alert."""
+    schema = writer_schema(alert)
+    rec = alert.to_record()
+    if schema is alert_schema_v1():
+        rec.pop("canary", None)
     buf = io.BytesIO()
     buf.write(SINGLE_OBJECT_MAGIC + schema_fingerprint(schema))
-    fastavro.schemaless_writer(buf, schema, alert.to_record())
+    fastavro.schemaless_writer(buf, schema, rec)
     return buf.getvalue()
 
 
 def decode_alert_message(value: bytes) -> DriftAlert:
-    schema = alert_schema()
-    if value[:2] != SINGLE_OBJECT_MAGIC or value[2:10] != schema_fingerprint(schema):
-        raise DecodeError("unknown-alert-format", "not a single-object encoded DriftAlert of this schema")
-    return DriftAlert.from_record(fastavro.schemaless_reader(io.BytesIO(value[10:]), schema, None))
+    """Decode a record written with either schema version (resolved to the current one)."""
+    reader = alert_schema()
+    writers = {schema_fingerprint(s): s for s in (reader, alert_schema_v1())}
+    writer = writers.get(value[2:10]) if value[:2] == SINGLE_OBJECT_MAGIC else None
+    if writer is None:
+        raise DecodeError("unknown-alert-format", "not a single-object encoded DriftAlert of a known schema")
+    return DriftAlert.from_record(fastavro.schemaless_reader(io.BytesIO(value[10:]), writer, reader))
 
 
 def format_alert(a: DriftAlert) -> str:
@@ -53,26 +64,96 @@ def format_alert(a: DriftAlert) -> str:
         lines.append("    offsets " + ", ".join(f"p{r.partition}:{r.first_offset}-{r.last_offset}" for r in a.offsets))
     if a.example_doc_ids:
         lines.append("    e.g. " + ", ".join(a.example_doc_ids))
+    if a.canary is not None:
+        c = a.canary
+        lines.append(f"    canary: worst cosine {c.worst_cosine:.7f} (mean {c.mean_cosine:.7f}), max |diff| "
+                     f"{c.max_abs_diff:.2e}, tolerance {c.tolerance:.0e}/{c.abs_tolerance:.0e}, {c.texts} texts, "
+                     f"{c.reference} reference on {c.provider} ({c.reason})")
     return "\n".join(x for x in lines if x)
 
 
 class DriftStage:
-    """The worker's drift step for one fingerprint/collection (state under ``state_dir``)."""
+    """The worker's drift step for one fingerprint/collection (state under ``state_dir``).
 
-    def __init__(self, fingerprint: str, collection: str, state_dir: Path, config: DriftConfig | None = None):
+    With an ``encoder``, it also runs the encoder canary (:mod:`app.drift.canary`): at construction,
+    every ``canary_every`` observed batches, and after a model reload (:meth:`encoder_reloaded`, or
+    a new ONNX session object noticed on the encoder). A check that finds a change produces an
+    ENCODER_CHANGED alert, returned by the next :meth:`observe` with the batch's other alerts (the
+    worker publishes them and waits for Kafka's acknowledgement before acking the batch); the same
+    change is reported once per process.
+    """
+
+    def __init__(self, fingerprint: str, collection: str, state_dir: Path, config: DriftConfig | None = None, *,
+                 encoder=None, canary_every: int = 64):
         self.monitor = DriftMonitor((fingerprint, collection), state_dir, config=config)
+        self.fingerprint, self.collection = fingerprint, collection
         log.info("drift monitor %s/%s: %s", fingerprint, collection,
                  "warming up" if self.monitor.warming_up else "resumed from saved reference")
+        self.encoder = encoder
+        self.canary_every = int(canary_every)
+        self.canary = None
+        self.batches = 0
+        self._pending: list[DriftAlert] = []
+        self._reported: set[str] = set()
+        self._reload = False
+        self._session = None
+        if encoder is not None and self.canary_every > 0:
+            from app.drift.canary import EncoderCanary
+
+            try:
+                self.canary = EncoderCanary(encoder, state_dir=state_dir)
+            except (OSError, AttributeError) as exc:  # no canary texts with this model
+                log.warning("encoder canary disabled: %s", exc)
+            else:
+                self._session = id(getattr(encoder, "session", None))
+                self._check("start-up")
+
+    def encoder_reloaded(self, encoder=None) -> None:
+        """Call after the model was reloaded: the next :meth:`observe` runs the canary first."""
+        if encoder is not None:
+            self.encoder = encoder
+            if self.canary is not None:
+                self.canary.encoder = encoder
+        self._reload = True
+
+    def _check(self, reason: str) -> None:
+        from app.drift.canary import encoder_changed_alert
+
+        res = self.canary.check()
+        log.log(logging.WARNING if res.changed else logging.INFO,
+                "encoder canary (%s, %s reference, %s): worst cosine %.7f, max |diff| %.2e, %.0f ms%s", reason,
+                res.reference, res.provider, res.worst_cosine, res.max_abs_diff, res.seconds * 1000,
+                " - CHANGED" if res.changed else "")
+        if not res.changed:
+            return
+        alert = encoder_changed_alert(res, fingerprint=self.fingerprint, collection=self.collection,
+                                      texts=self.canary.texts, current=self.canary.last_vectors,
+                                      events_observed=self.monitor.n_seen, reason=reason,
+                                      event_time=self.monitor.watermark)
+        if alert.alert_id not in self._reported:
+            self._reported.add(alert.alert_id)
+            self._pending.append(alert)
 
     def observe(self, result) -> list[DriftAlert]:
-        """Alerts caused by a processed batch (a pipeline.BatchResult)."""
-        if result.vectors is None or not len(result.vectors):
-            return []
-        recs = result.vector_records
-        return self.monitor.observe(
-            result.vectors, norms=result.norms, doc_ids=result.vector_doc_ids,
-            partitions=[r.partition for r in recs], offsets=[r.offset for r in recs],
-            event_times_ms=[r.timestamp_ms for r in recs])
+        """Alerts caused by a processed batch (a pipeline.BatchResult), canary alerts first."""
+        alerts: list[DriftAlert] = []
+        if self.canary is not None:
+            session = id(getattr(self.encoder, "session", None))
+            if self._reload or session != self._session:
+                self._reload, self._session = False, session
+                self._check("reload")
+        alerts, self._pending = self._pending, []
+        if result.vectors is not None and len(result.vectors):
+            recs = result.vector_records
+            alerts += self.monitor.observe(
+                result.vectors, norms=result.norms, doc_ids=result.vector_doc_ids,
+                partitions=[r.partition for r in recs], offsets=[r.offset for r in recs],
+                event_times_ms=[r.timestamp_ms for r in recs])
+        self.batches += 1
+        if self.canary is not None and self.batches % self.canary_every == 0:
+            self._check("periodic")
+            alerts, self._pending = alerts + self._pending, []
+        return alerts
 
     def close(self) -> None:
         try:

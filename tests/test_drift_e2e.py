@@ -1,10 +1,13 @@
 """End to end: a topic switch in the change stream produces a drift alert on the alerts topic."""
 import json
+import os
 import random
 import re
 import subprocess
 import sys
 import time
+
+import pytest
 
 from app.alerts import decode_alert_message, encode_alert_message, format_alert
 from app.cli import SAMPLE_CORPUS
@@ -51,3 +54,21 @@ def test_topic_switch_fires_an_alert(settings, worker_factory, producer):
     assert "FIRED" in format_alert(alert)
     assert decode_alert_message(encode_alert_message(alert)) == alert
     assert worker.stop() == 0
+
+
+@pytest.mark.tansu
+def test_demo_drift_ends_with_the_drift_alert_printed_by_embedstream_alerts(tmp_path):
+    # `embedstream demo --drift`: the demo's embedded stack, then a topic switch through Kafka; it
+    # ends with the output of `embedstream alerts`, which must show the worker's FIRED alert
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDSTREAM_")}
+    env["EMBEDSTREAM_DATA_DIR"] = str(tmp_path / "data")
+    r = subprocess.run([sys.executable, "-m", "app", "demo", "--drift", "--timeout", "240"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=600)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    chunks = int(re.search(r"60 documents, (\d+) chunks searchable", out).group(1))
+    alerts = out.split("$ embedstream alerts", 1)[1]
+    assert "FIRED" in alerts and "Embedding drift" in alerts, alerts
+    fired_at = int(re.search(r"at event (\d+)", alerts).group(1))
+    switch = chunks + 1100  # the demo's 1100 events about astronomy and networking come after the chunks
+    assert switch <= fired_at < switch + 300, (switch, fired_at)

@@ -1,4 +1,10 @@
-"""Drift alerts: the dataclass, and Avro (schemas/drift_alert.avsc) / JSON encodings."""
+"""Drift alerts: the dataclass, and Avro (schemas/drift_alert.avsc) / JSON encodings.
+
+Schema versions: version 2 (the file) added the ``ENCODER_CHANGED`` kind and the ``canary`` field;
+version 1 (fingerprint ``f1aa4a13d30794d9``) is derived from it by :func:`alert_schema_v1`, so that
+FIRED and CLEARED alerts can still be written in version 1 for consumers that only know it
+(``app.alerts`` does; :func:`writer_schema`).
+"""
 from __future__ import annotations
 
 import io
@@ -18,8 +24,11 @@ __all__ = [
     "PartitionRange",
     "SignalStats",
     "DriftAlert",
+    "CanaryCheck",
     "SCHEMA_PATH",
     "alert_schema",
+    "alert_schema_v1",
+    "writer_schema",
     "encode_alert",
     "decode_alert",
 ]
@@ -27,11 +36,13 @@ __all__ = [
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "drift_alert.avsc"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _SCHEMA = None
+_SCHEMA_V1 = None
 
 
 class AlertKind(str, Enum):
     FIRED = "FIRED"
     CLEARED = "CLEARED"
+    ENCODER_CHANGED = "ENCODER_CHANGED"
 
 
 class Severity(str, Enum):
@@ -69,6 +80,22 @@ class SignalStats:
 
 
 @dataclass(frozen=True)
+class CanaryCheck:
+    """The encoder canary's check behind an ENCODER_CHANGED alert (see :mod:`app.drift.canary`)."""
+
+    worst_cosine: float
+    mean_cosine: float
+    worst_text: str
+    max_abs_diff: float
+    tolerance: float
+    abs_tolerance: float
+    provider: str
+    reference: str
+    texts: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class DriftAlert:
     """One alert. Times are milliseconds since the epoch (UTC).
 
@@ -103,6 +130,7 @@ class DriftAlert:
     example_doc_ids: list[str] = field(default_factory=list)
     events_observed: int = 0
     message: str = ""
+    canary: CanaryCheck | None = None
 
     @property
     def kafka_key(self) -> bytes:
@@ -128,6 +156,7 @@ class DriftAlert:
         r["stats"] = [SignalStats(**s) for s in r.get("stats", [])]
         r["signals"] = list(r.get("signals", []))
         r["example_doc_ids"] = list(r.get("example_doc_ids", []))
+        r["canary"] = None if r.get("canary") is None else CanaryCheck(**r["canary"])
         return cls(**r)
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -165,6 +194,31 @@ def alert_schema() -> dict:
         with open(SCHEMA_PATH, encoding="utf-8") as fh:
             _SCHEMA = fastavro.parse_schema(json.load(fh))
     return _SCHEMA
+
+
+def alert_schema_v1() -> dict:
+    """Version 1 of the schema (before ENCODER_CHANGED and ``canary``), parsed (cached).
+
+    Derived from the file: the ``canary`` field removed, the ``AlertKind`` symbols back to FIRED and
+    CLEARED. Its parsing canonical form - hence its fingerprint - is that of the version-1 file.
+    """
+    global _SCHEMA_V1
+    if _SCHEMA_V1 is None:
+        with open(SCHEMA_PATH, encoding="utf-8") as fh:
+            raw = json.load(fh)
+        raw["fields"] = [f for f in raw["fields"] if f["name"] != "canary"]
+        for f in raw["fields"]:
+            if f["name"] == "kind":
+                f["type"] = {"type": "enum", "name": "AlertKind", "symbols": ["FIRED", "CLEARED"]}
+        _SCHEMA_V1 = fastavro.parse_schema(raw)
+    return _SCHEMA_V1
+
+
+def writer_schema(alert: DriftAlert) -> dict:
+    """The oldest schema version that can carry ``alert`` (version 1 unless it needs version 2)."""
+    if alert.kind in (AlertKind.FIRED, AlertKind.CLEARED) and alert.canary is None:
+        return alert_schema_v1()
+    return alert_schema()
 
 
 def encode_alert(alert: DriftAlert) -> bytes:

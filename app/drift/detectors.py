@@ -119,6 +119,11 @@ class DetectorBank:
         self.thresholds = {k: float(v) for k, v in (thresholds or {}).items() if k in self.signals}
         self.reset()
 
+    def set_threshold(self, signal: str, value: float) -> None:
+        """Change the threshold of a signal watched by a threshold rule (its armed state is kept)."""
+        if signal in self.thresholds:
+            self.thresholds[signal] = float(value)
+
     def _build(self, spec: DetectorSpec, signal: str):
         if signal in self.one_sided and spec.kind == "page_hinkley":
             return DetectorSpec(spec.kind, {**spec.params, "mode": "up"}).build()
@@ -141,38 +146,70 @@ class DetectorBank:
         z = np.asarray(z, dtype=np.float64)
         if z.ndim != 2 or z.shape[1] != len(self.signals):
             raise ValueError(f"expected (n, {len(self.signals)}) signals, got {z.shape}")
-        m = self.block
-        labels = [spec.label for spec in self.specs]
+        n = len(z)
         alarms: list[Alarm] = []
+        if n == 0:
+            return alarms
+        nan_cols = np.isnan(z).any(axis=0).tolist()
+        batch_idx = None
+        # Signals without NaN in this batch whose partial blocks are equally long (the usual case)
+        # are blocked together, as one matrix; the others one by one.
+        groups: dict[int, list[int]] = {}
         for s, name in enumerate(self.signals):
-            col = z[:, s]
-            valid = ~np.isnan(col)
-            if valid.all():
-                vals, idx = col, np.arange(start, start + len(col), dtype=np.int64)
-            else:
-                pos = np.nonzero(valid)[0]
-                vals, idx = col[pos], pos.astype(np.int64) + start
             if name in self.thresholds:
+                col = z[:, s]
+                if nan_cols[s]:
+                    pos = np.nonzero(~np.isnan(col))[0]
+                    vals, idx = col[pos], pos.astype(np.int64) + start
+                else:
+                    if batch_idx is None:
+                        batch_idx = np.arange(start, start + n, dtype=np.int64)
+                    vals, idx = col, batch_idx
                 hits, self._armed[name] = upcrossings(vals, self.thresholds[name], self._armed[name])
                 alarms.extend(Alarm(int(idx[h]), name, THRESHOLD_LABEL) for h in hits)
                 self.n_updates += len(vals)
-                continue
-            if len(self._carry_vals[s]):
-                vals = np.concatenate([self._carry_vals[s], vals])
-                idx = np.concatenate([self._carry_idx[s], idx])
-            nb = len(vals) // m
-            self._carry_vals[s] = vals[nb * m :].copy()
-            self._carry_idx[s] = idx[nb * m :].copy()
-            if nb == 0:
-                continue
-            means = vals[: nb * m].reshape(nb, m).mean(axis=1).tolist() if m > 1 else vals.tolist()
-            ends = idx[m - 1 : nb * m : m].tolist()
-            for det, label in zip(self._detectors[s], labels):
+            elif nan_cols[s]:
+                col = z[:, s]
+                pos = np.nonzero(~np.isnan(col))[0]
+                self._feed([s], col[pos][:, None], pos.astype(np.int64) + start, alarms)
+            else:
+                groups.setdefault(len(self._carry_vals[s]), []).append(s)
+        for cols in groups.values():
+            if batch_idx is None:
+                batch_idx = np.arange(start, start + n, dtype=np.int64)
+            self._feed(cols, z[:, cols], batch_idx, alarms)
+        alarms.sort(key=lambda a: a.index)
+        return alarms
+
+    def _feed(self, cols: list[int], vals: np.ndarray, idx: np.ndarray, alarms: list[Alarm]) -> None:
+        """Block and feed the values ``vals`` (k, len(cols)) of signals ``cols`` (equal carries)."""
+        m = self.block
+        c0 = cols[0]
+        if len(self._carry_vals[c0]):
+            vals = np.concatenate([np.column_stack([self._carry_vals[c] for c in cols]), vals])
+            idx = np.concatenate([self._carry_idx[c0], idx])
+        nb = len(vals) // m
+        rest_v, rest_i = vals[nb * m :], idx[nb * m :]
+        for k, c in enumerate(cols):
+            self._carry_vals[c] = rest_v[:, k].copy()
+            self._carry_idx[c] = rest_i
+        if nb == 0:
+            return
+        # ((v0 + v1) + v2) + v3 ...: the same bits for a block whatever the batching
+        means = vals[0 : nb * m : m].copy()
+        for j in range(1, m):
+            means += vals[j : nb * m : m]
+        if m > 1:
+            means /= m
+        ends = idx[m - 1 : nb * m : m].tolist()
+        labels = [spec.label for spec in self.specs]
+        for k, c in enumerate(cols):
+            name = self.signals[c]
+            xs = means[:, k].tolist()
+            for det, label in zip(self._detectors[c], labels):
                 upd = det.update
-                for x, i in zip(means, ends):
+                for x, i in zip(xs, ends):
                     upd(x)
                     if det.drift_detected:
                         alarms.append(Alarm(i, name, label))
             self.n_updates += nb * len(self.specs)
-        alarms.sort(key=lambda a: a.index)
-        return alarms

@@ -3,27 +3,47 @@
 One :class:`DriftMonitor` watches one key (model fingerprint + collection). Lifecycle:
 
 1. **warm-up** - the first ``config.warmup`` vectors are buffered; no alerts. Then a
-   :class:`~app.drift.reference.Reference` is learned, the detectors are primed on the held-out
-   half of the warm-up, and the state is saved.
-2. **live** - every batch is reduced to standardised signals, fed to one River detector per signal
-   (:class:`~app.drift.detectors.DetectorBank`), and detector alarms are turned into alerts:
+   :class:`~app.drift.reference.Reference` is learned (its basis on the first ``fit_fraction``,
+   its null on the rest, the *held-out* part), the detectors are primed on the held-out part, and
+   the state is saved.
+2. **live** - every batch is reduced to standardised signals. The detectors do not see them as they
+   are: each PageHinkley signal is turned into rank scores against the held-out sample of *this*
+   collection (:class:`~app.drift.nulls.RankScores`), which makes its false-alarm rate the same for
+   every collection, and the ``shift`` scan is normalised by this collection's own moments and
+   running mean, refined online, and has this collection's threshold (:class:`~app.drift.scan.ShiftScan`).
+   Nothing is calibrated on a corpus (DRIFT.md section 3). Live events are processed in
+   micro-batches of at least ``min_batch`` (smaller batches are held back, at most
+   ``max_batch_wait_ms`` of event time; the alerts do not depend on it). Detector alarms become
+   alerts:
 
    * a *verdict* needs ``k_required`` distinct (signal, detector) alarms within ``coincidence``
      events (default 1: any calibrated detector);
-   * the first verdict opens an *episode* and emits FIRED (sequence 0); later verdicts of the same
-     episode emit FIRED again only after ``cooldown_events`` events **and** ``cooldown_s`` seconds,
-     or at once when the severity escalates;
-   * when no verdict has happened for ``clear_after`` events, CLEARED closes the episode.
+   * the first verdict opens an *episode* and emits FIRED (sequence 0);
+   * during an episode a verdict fires again when it is news: the severity escalates; a signal
+     that was not part of the episode alarms ``coincidence`` events or more after the last FIRED;
+     or the detectors had *settled* on the level after the last FIRED (below) and alarm again - a
+     move away from that level. A false episode therefore never hides a real change. Repeats are
+     rate-limited by ``cooldown_events`` events **and** ``cooldown_s`` seconds of *event time*
+     (defaults 0: the settling period is the limit); a change inside a cooldown is not dropped but
+     reported when the cooldown ends;
+   * CLEARED closes the episode when no verdict has happened for ``clear_after`` events **and**
+     ``clear_after_s`` seconds of event time.
 
-   After a verdict the detectors adapt: the ``rescale_window`` events that follow it give each
-   signal a new zero and unit, and fresh River detectors are primed on them. A lasting shift thus
-   fires, then the stream is "stable again" at its new level and the episode clears (the CLEARED
-   alert's stats show that level against the reference). :meth:`DriftMonitor.rebaseline` learns a
-   new reference instead.
-3. **persistence** - state (reference, counters, episode, the last ``prime_window`` standardised
-   signals) is written to ``state_dir`` after warm-up, every ``save_every`` events and on
-   :meth:`close`; a new monitor for the same key resumes from it without a new warm-up, and
-   re-primes its detectors on the saved signals, so it does not fire on restart.
+   **Settling**: the ``rescale_window`` events after a verdict become the detectors' new null: new
+   rank-score samples, fresh PageHinkley detectors primed on them, a re-centred ``shift`` scan. A
+   lasting shift thus fires, the stream is "stable again" at its new level, and the episode clears
+   (the CLEARED alert's stats show that level against the reference). :meth:`DriftMonitor.rebaseline`
+   learns a new reference instead.
+
+   **Time** is event time only: the running maximum of the ``event_times_ms`` passed with the
+   vectors (Kafka record timestamps in the worker). The wall clock is used for nothing but the
+   alerts' ``fired_at``, so live traffic, a replay and a backfill of the same stream produce the
+   same alerts.
+3. **persistence** - state (reference, null samples, scan history, counters, episode, the last
+   ``prime_window`` standardised signals) is written to ``state_dir`` after warm-up, every
+   ``save_every`` events and on :meth:`close`; a new monitor for the same key resumes from it
+   without a new warm-up, and re-primes its detectors on the saved signals, so it does not fire on
+   restart.
 """
 from __future__ import annotations
 
@@ -32,7 +52,7 @@ import itertools
 import time
 import uuid
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -40,43 +60,35 @@ import numpy as np
 
 from .alert import AlertKind, DriftAlert, PartitionRange, Severity, SignalStats, Trigger
 from .detectors import Alarm, DetectorBank, DetectorSpec
+from .nulls import RankScores, ph_threshold
 from .reference import (MonitorKey, Reference, StateVersionError, learn_reference, read_state, state_path,
                         write_state)
+from .scan import SHIFT_BUDGET_PER_EVENT, ScanNull, ShiftScan
 from .signals import SHIFT_POWER, SHIFT_WINDOWS
 
 __all__ = ["DriftConfig", "DriftMonitor", "DEFAULT_DETECTORS", "DEFAULT_BLOCK", "ONE_SIDED"]
 
 _NS = uuid.UUID("0b6f3f0e-6f64-5c7c-9a55-6d1f2e4a7c31")
 
-# --- calibrated defaults ------------------------------------------------------------------------
-# Calibration run (see DRIFT.md, "Calibration"):
-#   python -m load.drift_eval --calibrate --out calib.json
-# on Reuters R8 embedded with all-MiniLM-L6-v2 int8 (7674 docs), 8 resampled drift-free streams of
-# 250 000 events, each with its own 4000-event warm-up; target 1 false alarm / 100k, safety x2, i.e.
-# <= 0.5 raw alarms (any signal) per 100k events = 10 per 2M. First the `shift` threshold rule gets
-# half of that: threshold 6.0 -> 4 up-crossings / 2M (5.75: 11). Then PageHinkley(delta=0.25,
-# alpha=1) on block means of 4 of the other signals, counted together with `shift`: threshold 6.5 ->
-# 6 alarms / 2M (6.0: 12); verified on 2M fresh events (other seeds): 7 alarms, 0.35 per 100k (95 %
-# upper bound 0.66), 2 of them on `shift`.
-# alpha=1: River's default fading factor (1 - 1e-4) makes the CUSUM sum a leaky process whose
-# swings exceed any useful threshold on long streams (calibrated threshold too high; DRIFT.md).
+# --- defaults -----------------------------------------------------------------------------------
+# PageHinkley (River) on block means of 4 rank scores; its threshold comes from nulls.PH_TABLE for
+# the size of the null sample (a "threshold" given here overrides it). alpha=1: River's default
+# fading factor (1 - 1e-4) turns the CUSUM into a leaky process whose swings exceed any useful
+# threshold on long streams (DRIFT.md).
 DEFAULT_BLOCK = 4
 DEFAULT_DETECTORS: tuple[DetectorSpec, ...] = (
-    DetectorSpec("page_hinkley", {"min_instances": 30, "delta": 0.25, "threshold": 6.5, "alpha": 1.0}),
+    DetectorSpec("page_hinkley", {"min_instances": 30, "delta": 0.25, "alpha": 1.0}),
 )
-# Threshold of the `shift` scan (max over windows of normalised U-statistics; DRIFT.md section 2),
-# watched by an up-crossing rule rather than PageHinkley (same calibration run as above).
-DEFAULT_SHIFT_THRESHOLD = 6.0
-# Signals where only an increase means drift (PageHinkley would run with mode="up" on them; `shift`
-# is one-sided by construction and watched by its threshold rule).
+# Signals where only an increase means drift (PageHinkley runs with mode="up" on them; `shift` is
+# one-sided by construction and watched by its threshold rule).
 ONE_SIDED = frozenset({"shift"})
 
 
 @dataclass(frozen=True)
 class DriftConfig:
-    """Tuning knobs of :class:`DriftMonitor` (defaults are the calibrated ones)."""
+    """Knobs of :class:`DriftMonitor`. Thresholds are derived per collection (``None`` = derived)."""
 
-    warmup: int = 4000
+    warmup: int = 2000
     fit_fraction: float = 0.75
     n_axes: int = 2
     n_whiten: int = 32
@@ -84,28 +96,40 @@ class DriftConfig:
     shift_windows: tuple[int, ...] = SHIFT_WINDOWS
     shift_shrink: float = 0.01
     shift_power: float = SHIFT_POWER
-    shift_threshold: float = DEFAULT_SHIFT_THRESHOLD
+    #: fixed threshold of the `shift` rule; None: from the collection's own null (ShiftScan)
+    shift_threshold: float | None = None
+    #: per-event exceedance budget of the `shift` scan (all windows together)
+    shift_budget: float = SHIFT_BUDGET_PER_EVENT
     seed: int = 0
     block: int = DEFAULT_BLOCK
     detectors: tuple[DetectorSpec, ...] = DEFAULT_DETECTORS
+    #: rank scores against the collection's null sample (False: raw standardised signals, as before)
+    rank_scores: bool = True
     k_required: int = 1
     coincidence: int = 500
     critical_signals: int = 2
     critical_shift: float = 1.0
-    cooldown_events: int = 1000
-    cooldown_s: float = 60.0
+    cooldown_events: int = 0
+    cooldown_s: float = 0.0
     clear_after: int = 2000
+    clear_after_s: float = 0.0
     rescale_window: int = 500
     stats_window: int = 200
     prime_window: int = 1000
     max_examples: int = 5
     save_every: int = 10_000
+    #: live events are processed in micro-batches of at least this many (smaller batches are held
+    #: back, at most ``max_batch_wait_ms`` of event time): the per-call cost is amortised
+    min_batch: int = 16
+    max_batch_wait_ms: int = 1000
 
     def __post_init__(self) -> None:
         if self.warmup < 20:
             raise ValueError("warmup must be >= 20")
         if self.k_required < 1 or self.block < 1 or self.clear_after < 1:
             raise ValueError("k_required, block and clear_after must be >= 1")
+        if self.cooldown_events < 0 or self.cooldown_s < 0 or self.clear_after_s < 0:
+            raise ValueError("cooldown_events, cooldown_s and clear_after_s must be >= 0")
         object.__setattr__(self, "detectors", tuple(self.detectors))
         object.__setattr__(self, "shift_windows", tuple(int(w) for w in self.shift_windows))
 
@@ -115,10 +139,14 @@ class DriftConfig:
                 "n_clusters": self.n_clusters, "windows": self.shift_windows, "shrink": self.shift_shrink,
                 "power": self.shift_power, "seed": self.seed}
 
-    @property
-    def thresholds(self) -> dict[str, float]:
-        """Signals watched by a threshold rule instead of the detectors (see detectors.py)."""
-        return {"shift": self.shift_threshold}
+    def detector_specs(self, n_null: int) -> list[DetectorSpec]:
+        """The detectors for a null sample of ``n_null`` values (PageHinkley's threshold filled in)."""
+        out = []
+        for spec in self.detectors:
+            if spec.kind == "page_hinkley" and "threshold" not in spec.params:
+                spec = DetectorSpec(spec.kind, {**spec.params, "threshold": ph_threshold(n_null)})
+            out.append(spec)
+        return out
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -136,37 +164,25 @@ class _Episode:
     triggers: list[Trigger] = field(default_factory=list)
     seq: int = 0
     last_verdict: int = 0
+    last_verdict_time: int | None = None
     last_alert_index: int = 0
-    last_alert_time: float = 0.0
+    last_alert_time: int | None = None
+    settled: bool = False  # the detectors re-learned their null after the last FIRED
+    pending: dict | None = None  # a change found during a cooldown, reported when it ends
 
     def to_json(self) -> dict:
-        return {
-            "episode_id": self.episode_id,
-            "start": self.start,
-            "severity": self.severity.value,
-            "detector": self.detector,
-            "signals": sorted(self.signals),
-            "triggers": [asdict(t) for t in self.triggers],
-            "seq": self.seq,
-            "last_verdict": self.last_verdict,
-            "last_alert_index": self.last_alert_index,
-            "last_alert_time": self.last_alert_time,
-        }
+        d = asdict(self)
+        d["severity"] = self.severity.value
+        d["signals"] = sorted(self.signals)
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> "_Episode":
-        return cls(
-            episode_id=d["episode_id"],
-            start=d["start"],
-            severity=Severity(d["severity"]),
-            detector=d["detector"],
-            signals=set(d["signals"]),
-            triggers=[Trigger(**t) for t in d["triggers"]],
-            seq=d["seq"],
-            last_verdict=d["last_verdict"],
-            last_alert_index=d["last_alert_index"],
-            last_alert_time=d["last_alert_time"],
-        )
+        d = dict(d)
+        d["severity"] = Severity(d["severity"])
+        d["signals"] = set(d["signals"])
+        d["triggers"] = [Trigger(**t) for t in d["triggers"]]
+        return cls(**d)
 
 
 def _nanmean(a: np.ndarray) -> np.ndarray:
@@ -193,9 +209,9 @@ class DriftMonitor:
     state_dir
         Directory for the persisted reference/state (one ``.npz`` per key).
     config
-        :class:`DriftConfig`; the defaults are calibrated (see DRIFT.md).
+        :class:`DriftConfig`; thresholds are derived from each collection's warm-up (DRIFT.md).
     clock
-        Wall clock in seconds (injectable for tests); used for ``fired_at`` and ``cooldown_s``.
+        Wall clock in seconds (injectable for tests); used only for the alerts' ``fired_at``.
 
     Examples
     --------
@@ -215,13 +231,12 @@ class DriftMonitor:
     ...     alerts += monitor.observe(stream[s : s + 256])
     >>> [(a.kind.value, a.event_index, a.severity.value, a.signals) for a in alerts]  # doctest: +NORMALIZE_WHITESPACE
     [('FIRED', 6023, 'CRITICAL', ['nearest', 'shift']),
-     ('CLEARED', 8299, 'CRITICAL', ['centroid', 'axis2', 'mahal', 'nearest', 'shift'])]
+     ('CLEARED', 8255, 'CRITICAL', ['centroid', 'axis2', 'mahal', 'nearest', 'shift'])]
 
     The first alert opens the episode; two signals agree at once, so it is CRITICAL (with one, it
     would be a WARNING, escalated to CRITICAL as soon as a second signal agrees); the detectors then
-    re-scale to the new mix, which is stable, and the episode clears 2000 events after the last
-    detector alarm. Alerts are Avro-encodable and keyed by
-    ``fingerprint/collection``:
+    settle on the new mix, which is stable, and the episode clears 2000 events after the last
+    detector alarm. Alerts are Avro-encodable and keyed by ``fingerprint/collection``:
 
     >>> from app.drift import decode_alert, encode_alert
     >>> decode_alert(encode_alert(alerts[0])) == alerts[0], alerts[0].kafka_key
@@ -251,6 +266,8 @@ class DriftMonitor:
         self.reference: Reference | None = None
         self.reference_id = ""
         self.bank: DetectorBank | None = None
+        self.ranks: RankScores | None = None
+        self._scan: ShiftScan | None = None
         self._warm_vecs: list[np.ndarray] = []
         self._warm_norms: list[np.ndarray] = []
         self._warm_count = 0
@@ -261,17 +278,21 @@ class DriftMonitor:
         self._roff = np.empty(0, dtype=np.int64)
         self._rstart = 0
         self._recent_alarms: deque[Alarm] = deque()
-        # Detector input = (z - scale_mean) / scale_std: identity until a verdict, then re-estimated
-        # on the `rescale_window` events that follow it (see _rescale).
-        self._scale_mean: np.ndarray | None = None
-        self._scale_std: np.ndarray | None = None
-        self._collect_from: int | None = None
+        self._collect_from: int | None = None  # first event of a pending settling window
+        self._collect_units: list[tuple[np.ndarray, np.ndarray]] = []
+        self._batch: tuple[int, np.ndarray | None] = (0, None)
+        self._seg_start = 0
+        self.watermark: int | None = None  # event time: max of the event times seen (ms)
+        self._queue: list = []  # live events held back by the micro-batching (min_batch)
+        self._queued = 0
         self.episode: _Episode | None = None
         self.n_alarms = 0
+        self.alarms_by_signal: dict[str, int] = {}
         self.n_alerts = 0
         self.n_episodes = 0
         self.n_invalid = 0
         self.n_state_discarded = 0
+        self.n_settled = 0
         self._last_save = 0
 
     @property
@@ -282,6 +303,15 @@ class DriftMonitor:
     def signal_names(self) -> tuple[str, ...]:
         return self.reference.names if self.reference is not None else ()
 
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """The thresholds in force: ``{"page_hinkley": h, "shift": t}`` (empty during warm-up)."""
+        if self.bank is None:
+            return {}
+        out = {s.kind: float(s.params["threshold"]) for s in self.bank.specs if "threshold" in s.params}
+        out.update(self.bank.thresholds)
+        return out
+
     def status(self) -> dict:
         """Counters for metrics/health endpoints."""
         return {
@@ -290,12 +320,17 @@ class DriftMonitor:
             "warming_up": self.warming_up,
             "warmup_progress": self._warm_count if self.warming_up else self.config.warmup,
             "signals": list(self.signal_names),
+            "thresholds": self.thresholds,
             "episode_active": self.episode is not None,
             "detector_alarms": self.n_alarms,
+            "alarms_by_signal": dict(self.alarms_by_signal),
             "alerts": self.n_alerts,
             "episodes": self.n_episodes,
+            "settled": self.n_settled,
             "invalid_vectors": self.n_invalid,
             "state_discarded": self.n_state_discarded,
+            "event_time_ms": self.watermark,
+            "queued": self._queued,
         }
 
     # ------------------------------------------------------------------ public API
@@ -311,9 +346,10 @@ class DriftMonitor:
     ) -> list[DriftAlert]:
         """Feed a batch of vectors (n, d) in stream order; returns the alerts it caused (often none).
 
-        ``norms`` are the pre-normalisation norms (n,), ``doc_ids`` / ``partitions`` / ``offsets`` /
-        ``event_times_ms`` per-vector metadata used only to describe alerts. Rows with non-finite
-        values are counted (``status()["invalid_vectors"]``) and skipped by the detectors.
+        ``norms`` are the pre-normalisation norms (n,); ``doc_ids`` / ``partitions`` / ``offsets``
+        per-vector metadata used only to describe alerts; ``event_times_ms`` the events' times (the
+        monitor's only clock: cooldowns, clearing and the alerts' ``event_time``). Rows with
+        non-finite values are counted (``status()["invalid_vectors"]``) and skipped by the detectors.
         """
         v = np.asarray(vectors, dtype=np.float32)
         if v.ndim != 2:
@@ -331,19 +367,68 @@ class DriftMonitor:
                 raise ValueError(f"{name} has {len(arr)} entries for {n} vectors")
         if n == 0:
             return []
+        # event time of each event: the running maximum of the times seen (None before any)
+        times = meta.pop("times")
+        if times is not None:
+            wm = np.maximum.accumulate(times if self.watermark is None else np.maximum(times, self.watermark))
+        else:
+            wm = None
         alerts: list[DriftAlert] = []
         if self.reference is None:
             take = min(self.config.warmup - self._warm_count, n)
             self._warm_add(v[:take], None if meta["norms"] is None else meta["norms"][:take])
             self.n_seen += take
+            if wm is not None:
+                self.watermark = int(wm[take - 1])
             if self._warm_count >= self.config.warmup:
                 self._finish_warmup()
             if take == n:
                 return alerts
             v = v[take:]
             meta = {k: None if a is None else a[take:] for k, a in meta.items()}
-        alerts += self._observe_live(v, **meta)
+            wm = None if wm is None else wm[take:]
+        n_live = len(v)
+        if not self._queue and n_live >= self.config.min_batch:
+            alerts += self._observe_live(v, wm=wm, **meta)
+            return alerts
+        if wm is None:
+            wm = np.full(n_live, -1 if self.watermark is None else self.watermark, dtype=np.int64)
+        else:
+            self.watermark = int(wm[-1])
+        self._queue.append((v, meta, wm))
+        self._queued += n_live
+        first, last = int(self._queue[0][2][0]), int(wm[-1])
+        if self._queued >= self.config.min_batch or (first >= 0 and last - first >= self.config.max_batch_wait_ms):
+            alerts += self.flush()
         return alerts
+
+    def flush(self) -> list[DriftAlert]:
+        """Process the events held back by the micro-batching (see ``DriftConfig.min_batch``) now."""
+        if not self._queue:
+            return []
+        v, meta, wm = self._queued_batch()
+        self._queue, self._queued = [], 0
+        return self._observe_live(v, wm=wm if (wm >= 0).any() else None, **meta)
+
+    def _queued_batch(self):
+        """The queued events as one batch: vectors, metadata (missing parts filled), event times."""
+        if len(self._queue) == 1:
+            return self._queue[0]
+        vs, metas, wms = zip(*self._queue)
+        lens = [len(x) for x in vs]
+
+        def cat(name, fill, dtype):
+            if all(m[name] is None for m in metas):
+                return None
+            return np.concatenate([np.full(k, fill, dtype=dtype) if m[name] is None else m[name]
+                                   for m, k in zip(metas, lens)])
+
+        ids = None
+        if any(m["doc_ids"] is not None for m in metas):
+            ids = [x for m, k in zip(metas, lens) for x in (m["doc_ids"] if m["doc_ids"] is not None else [None] * k)]
+        meta = {"norms": cat("norms", np.nan, np.float64), "doc_ids": ids,
+                "partitions": cat("partitions", -1, np.int64), "offsets": cat("offsets", -1, np.int64)}
+        return np.vstack(vs), meta, np.concatenate(wms)
 
     def save(self) -> Path:
         """Write the state file now (atomic); returns its path."""
@@ -353,11 +438,14 @@ class DriftMonitor:
             "collection": self.key.collection,
             "n_seen": self.n_seen,
             "reference_id": self.reference_id,
+            "watermark": self.watermark,
             "counters": {
                 "alarms": self.n_alarms,
+                "alarms_by_signal": self.alarms_by_signal,
                 "alerts": self.n_alerts,
                 "episodes": self.n_episodes,
                 "invalid": self.n_invalid,
+                "settled": self.n_settled,
             },
             "episode": None if self.episode is None else self.episode.to_json(),
             "config": self.config.to_dict(),
@@ -367,9 +455,21 @@ class DriftMonitor:
             arrays.update(self.reference.to_arrays())
             arrays["recent_z"] = self._rz[-self.config.prime_window :]
             meta["recent_start"] = self.n_seen - len(arrays["recent_z"])
-            meta["collect_from"] = self._collect_from
-            if self._scale_mean is not None:
-                arrays["scale_mean"], arrays["scale_std"] = self._scale_mean, self._scale_std
+            meta["collect_from"] = None  # a settling window in progress restarts after a restart
+            if self.ranks is not None:
+                arrays.update(self.ranks.to_arrays("ranks_"))
+            if self._scan is not None:
+                # the scan's null with its live history and moments folded in; its windows restart
+                arrays["scan_null"] = self._scan.merged_null().to_array()
+                meta["scan_threshold"] = self._scan.threshold
+            meta["thresholds"] = self.thresholds
+            if self._queue:  # events held back by the micro-batching: processed after a restart
+                qv, qm, qwm = self._queued_batch()
+                arrays["queue_vectors"], arrays["queue_wm"] = qv, qwm
+                for name in ("norms", "partitions", "offsets"):
+                    if qm[name] is not None:
+                        arrays["queue_" + name] = qm[name]
+                meta["queue_doc_ids"] = qm["doc_ids"]
         else:
             meta["warm_count"] = self._warm_count
             meta["warm_norms_ok"] = self._warm_norms_ok
@@ -388,18 +488,22 @@ class DriftMonitor:
     def rebaseline(self) -> list[DriftAlert]:
         """Forget the reference and learn a new one from the next ``warmup`` vectors.
 
+        Events held back by the micro-batching are processed first (their alerts are returned too).
         Closes an open episode with a CLEARED alert (returned). The event counter keeps running.
         """
-        alerts = []
+        alerts = self.flush()
         if self.episode is not None:
             last = self.n_seen - 1
-            alerts.append(self._make_alert(AlertKind.CLEARED, last, [], self.episode.severity, None,
+            alerts.append(self._make_alert(AlertKind.CLEARED, last, [], self.episode.severity, self.watermark,
                                            note="reference re-learned (rebaseline)"))
             self.episode = None
-        n_seen, counters = self.n_seen, (self.n_alarms, self.n_alerts, self.n_episodes, self.n_invalid)
+        n_seen, wm = self.n_seen, self.watermark
+        counters = (self.n_alarms, self.alarms_by_signal, self.n_alerts, self.n_episodes, self.n_invalid,
+                    self.n_settled)
         self._reset_all()
-        self.n_seen = n_seen
-        self.n_alarms, self.n_alerts, self.n_episodes, self.n_invalid = counters
+        self.n_seen, self.watermark = n_seen, wm
+        (self.n_alarms, self.alarms_by_signal, self.n_alerts, self.n_episodes, self.n_invalid,
+         self.n_settled) = counters
         self.save()
         return alerts
 
@@ -433,60 +537,99 @@ class DriftMonitor:
         for arr in ref.to_arrays().values():
             h.update(np.ascontiguousarray(arr).tobytes())
         self.reference_id = h.hexdigest()[:32]
-        self._install_reference(ref, z_hold, recent_start=self.n_seen - len(z_hold))
+        start = self.n_seen - len(z_hold)
+        self._install_reference(ref, z_hold, recent_start=start)
+        self._set_null(z_hold, start)
         self.save()
 
-    def _install_reference(self, ref: Reference, prime_z: np.ndarray, recent_start: int) -> None:
+    def _ph_columns(self) -> list[int]:
+        return [j for j, s in enumerate(self.signal_names) if s not in ONE_SIDED]
+
+    def _install_reference(self, ref: Reference, recent_z: np.ndarray, recent_start: int) -> None:
         self.reference = ref
-        self._shift_state = ref.new_window()  # `shift` restarts empty (NaN for min(shift_windows) - 1 events)
-        self.bank = DetectorBank(ref.names, list(self.config.detectors), block=self.config.block,
-                                 one_sided=ONE_SIDED, thresholds=self.config.thresholds)
-        if len(prime_z):
-            self.bank.update(self._scaled(prime_z), start=recent_start)  # alarms while priming are discarded
-        self.bank.reset_blocks()
-        self._rz = np.asarray(prime_z, dtype=np.float64)
-        self._rids = [None] * len(prime_z)
-        self._rpart = np.full(len(prime_z), -1, dtype=np.int64)
-        self._roff = np.full(len(prime_z), -1, dtype=np.int64)
+        self._scan = ref.new_window(budget=self.config.shift_budget)  # `shift` restarts empty (NaN for min(shift_windows) - 1 events)
+        self._rz = np.asarray(recent_z, dtype=np.float64)
+        self._rids = [None] * len(recent_z)
+        self._rpart = np.full(len(recent_z), -1, dtype=np.int64)
+        self._roff = np.full(len(recent_z), -1, dtype=np.int64)
         self._rstart = recent_start
 
+    def _set_null(self, rows: np.ndarray, start: int) -> None:
+        """Make ``rows`` (standardised signals) the detectors' null, and prime fresh detectors on them.
+
+        With rank scores the priming values are the sample's own scores (each value against the
+        others: the law of a live score), so the detectors start in the state the threshold table
+        assumes (:func:`~app.drift.nulls.simulate_ph_null`).
+        """
+        c = self.config
+        self.ranks = RankScores(rows, self._ph_columns(), seed=c.seed) if c.rank_scores else None
+        self._new_bank(self.ranks.n if self.ranks is not None else len(rows))
+        prime = self.ranks.own(rows, start) if self.ranks is not None else rows
+        if len(prime):
+            self.bank.update(prime, start=start)  # alarms while priming are discarded
+        self.bank.reset_blocks()
+
+    def _new_bank(self, n_null: int) -> None:
+        c = self.config
+        thr = {}
+        if self._scan is not None and self._scan.windows:
+            thr["shift"] = c.shift_threshold if c.shift_threshold is not None else self._scan.threshold
+        self.bank = DetectorBank(self.signal_names, c.detector_specs(n_null), block=c.block,
+                                 one_sided=ONE_SIDED, thresholds=thr)
+
+    def _detector_input(self, z: np.ndarray, start: int) -> np.ndarray:
+        return self.ranks.scores(z, start) if self.ranks is not None else z
+
     # ------------------------------------------------------------------ live
-    def _observe_live(self, v, *, norms, doc_ids, partitions, offsets, times) -> list[DriftAlert]:
+    def _observe_live(self, v, *, wm, norms, doc_ids, partitions, offsets) -> list[DriftAlert]:
         assert self.reference is not None and self.bank is not None
+        c = self.config
         n = len(v)
         start = self.n_seen
-        z = self.reference.signals(v, norms, self._shift_state)
-        bad = ~np.isfinite(v).all(axis=1)
-        if bad.any():
-            z[bad] = np.nan
-            self.n_invalid += int(bad.sum())
-        # recent buffers (trimmed after this batch is processed)
-        self._rz = np.concatenate([self._rz, z]) if len(self._rz) else z
+        self._batch = (start, wm)
+        # metadata of the whole batch; signals are appended segment by segment (same indexing)
         self._rids.extend(doc_ids if doc_ids is not None else [None] * n)
         self._rpart = np.concatenate([self._rpart, partitions if partitions is not None else np.full(n, -1)])
         self._roff = np.concatenate([self._roff, offsets if offsets is not None else np.full(n, -1)])
-
-        self.n_seen += n
         alerts: list[DriftAlert] = []
         pos = 0
         while pos < n:
-            # Feed the detectors up to the end of a pending re-scaling window (or the batch end).
-            lim = n if self._collect_from is None else min(n, self._collect_end() - start + 1)
-            alarms = self.bank.update(self._scaled(z[pos:lim]), start + pos)
+            # Segments end where a settling window ends (the null changes there) and are at most
+            # `rescale_window` long, so a window opened inside a segment never ends inside it:
+            # the signals of every event are computed with the null in force at that event,
+            # whatever the batching.
+            lim = min(n, pos + max(c.rescale_window, 1))
+            if self._collect_from is not None:
+                lim = min(lim, self._collect_end() - start + 1)
+            seg = slice(pos, lim)
+            z = self.reference.signals(v[seg], None if norms is None else norms[seg], self._scan)
+            bad = ~np.isfinite(v[seg]).all(axis=1)
+            if bad.any():
+                z[bad] = np.nan
+                self.n_invalid += int(bad.sum())
+            self._seg_start = start + pos
+            if self._collect_from is not None and self._scan is not None:
+                self._collect_units.append((self._scan.last_units, self._scan.last_keys))
+            self._rz = np.concatenate([self._rz, z]) if len(self._rz) else z
+            self.n_seen = start + lim
+            alarms = self.bank.update(self._detector_input(z, start + pos), start + pos)
             for index, group in itertools.groupby(alarms, key=lambda a: a.index):
-                if self._collect_from is not None and index > self._collect_end():
-                    break  # the detectors are rebuilt at the window's end; later alarms are void
                 group = list(group)
                 self.n_alarms += len(group)
-                alerts += self._maybe_clear(index, times, start)
-                alerts += self._on_alarms(group, times, start)
-            if self._collect_from is not None and self._collect_end() < start + lim:
-                lim = self._collect_end() - start + 1
-                self._rescale()
+                for a in group:
+                    self.alarms_by_signal[a.signal] = self.alarms_by_signal.get(a.signal, 0) + 1
+                alerts += self._due(index - 1)
+                alerts += self._on_alarms(group)
+            # everything due up to the end of the segment happens before the null changes there
+            alerts += self._due(start + lim - 1)
+            if self._collect_from is not None and self._collect_end() == start + lim - 1:
+                self._settle()
             pos = lim
-        alerts += self._maybe_clear(self.n_seen - 1, times, start)
+        alerts += self._due(self.n_seen - 1)
+        if wm is not None:
+            self.watermark = int(wm[-1])
 
-        keep = max(self.config.stats_window, self.config.prime_window, self.config.rescale_window)
+        keep = max(c.stats_window, c.prime_window, c.rescale_window)
         if len(self._rz) > keep:
             drop = len(self._rz) - keep
             self._rz = self._rz[drop:]
@@ -494,51 +637,96 @@ class DriftMonitor:
             self._rpart = self._rpart[drop:]
             self._roff = self._roff[drop:]
             self._rstart += drop
-        if self.n_seen - self._last_save >= self.config.save_every:
+        if self.n_seen - self._last_save >= c.save_every:
             self.save()
         return alerts
 
-    def _scaled(self, z: np.ndarray) -> np.ndarray:
-        if self._scale_mean is None:
-            return z
-        return (z - self._scale_mean) / self._scale_std
+    def _time_at(self, index: int) -> int | None:
+        """Event time (ms) at event ``index`` of the current batch (earlier: the last known)."""
+        start, wm = self._batch
+        if wm is None:
+            return self.watermark
+        j = index - start
+        t = self.watermark if j < 0 else int(wm[min(j, len(wm) - 1)])
+        return None if t is None or t < 0 else t
+
+    def _first_index(self, lo: int, hi: int, t_ms: float) -> int | None:
+        """First event index in [lo, hi] of the current batch whose event time is >= ``t_ms``."""
+        start, wm = self._batch
+        if wm is None or hi < lo:
+            return None
+        a = max(lo - start, 0)
+        b = hi - start + 1
+        if a >= b:
+            return None
+        j = int(np.searchsorted(wm[a:b], t_ms, side="left"))
+        return start + a + j if j < b - a else None
+
+    def _when(self, since_index: int, since_time: int | None, events: int, seconds: float, upto: int) -> int | None:
+        """First index <= ``upto`` at which ``events`` events and ``seconds`` of event time have passed.
+
+        Evaluated at the end of every batch and before every alarm, so an index of an earlier batch
+        was already looked at: if the time condition had held there, it would have been acted on.
+        """
+        at = since_index + events
+        if at > upto:
+            return None
+        if seconds <= 0 or since_time is None:
+            return at
+        return self._first_index(at, upto, since_time + seconds * 1000)
+
+    def _due(self, upto: int) -> list[DriftAlert]:
+        """Alerts whose time has come by event ``upto``: a deferred FIRED, then CLEARED."""
+        ep = self.episode
+        if ep is None:
+            return []
+        c = self.config
+        out = []
+        if ep.pending is not None:
+            at = self._when(ep.last_alert_index, ep.last_alert_time, c.cooldown_events, c.cooldown_s, upto)
+            if at is not None:
+                p, ep.pending = ep.pending, None
+                out += self._fire(at, p["signals"], Severity(p["severity"]),
+                                  [Trigger(**t) for t in p["triggers"]], p["detector"],
+                                  note=f"change at event {p['index']}, reported after the cooldown")
+        if ep.pending is None:
+            at = self._when(ep.last_verdict, ep.last_verdict_time, c.clear_after, c.clear_after_s, upto)
+            if at is not None:
+                alert = self._make_alert(AlertKind.CLEARED, at, sorted(ep.signals, key=self._order), ep.severity,
+                                         self._time_at(at))
+                self.episode = None
+                out.append(alert)
+        return out
 
     def _collect_end(self) -> int:
         return self._collect_from + self.config.rescale_window - 1
 
-    def _rescale(self) -> None:
-        """Adapt the detectors to the regime after a verdict.
+    def _settle(self) -> None:
+        """Make the ``rescale_window`` events after a verdict the detectors' new null.
 
-        The mean and spread of each signal over the ``rescale_window`` events after the verdict
-        become the detectors' new zero and unit, and fresh detectors are primed on those events.
-        Without this, a lasting change to a regime noisier than the reference (another domain,
-        boilerplate) keeps the reference-calibrated detectors firing, and the episode never clears.
-        Reported statistics stay relative to the reference.
+        New rank-score samples and fresh detectors primed on them, and a re-centred ``shift`` scan
+        (its running mean, moments and threshold from these events). Without this, a lasting change
+        to another regime keeps the reference-calibrated detectors firing and the episode never
+        clears. Reported statistics stay relative to the reference.
         """
+        c = self.config
         lo = self._collect_from - self._rstart
-        rows = self._rz[lo : lo + self.config.rescale_window]
-        mean, std = _nanmean(rows), _nanstd(rows)
-        ok = np.isfinite(mean) & np.isfinite(std)
-        old_mean = self._scale_mean if self._scale_mean is not None else np.zeros(rows.shape[1])
-        old_std = self._scale_std if self._scale_std is not None else np.ones(rows.shape[1])
-        self._scale_mean = np.where(ok, mean, old_mean)
-        self._scale_std = np.where(ok, np.maximum(std, 0.1), old_std)
-        self.bank.reset()
-        self.bank.update(self._scaled(rows), self._collect_from)  # priming: alarms discarded
-        self.bank.reset_blocks()
+        rows = self._rz[lo : lo + c.rescale_window]
+        if self._scan is not None and self._collect_units:
+            units = np.concatenate([u for u, _ in self._collect_units])[: c.rescale_window]
+            keys = np.concatenate([k for _, k in self._collect_units])[: c.rescale_window]
+            # rows still inside the scan's windows enter its history when they leave them
+            older = max(len(units) - min(self._scan.window, self._scan.count), 0)
+            if len(units) >= 8 and older >= 1:
+                self._scan.recentre(units, keys, history=older)
+        self._set_null(rows, self._collect_from)
         self._collect_from = None
+        self._collect_units = []
+        self.n_settled += 1
+        if self.episode is not None:
+            self.episode.settled = True
 
-    def _maybe_clear(self, index: int, times, batch_start: int) -> list[DriftAlert]:
-        ep = self.episode
-        if ep is None or index - ep.last_verdict < self.config.clear_after:
-            return []
-        at = ep.last_verdict + self.config.clear_after
-        alert = self._make_alert(AlertKind.CLEARED, at, sorted(ep.signals, key=self._order), ep.severity,
-                                 self._time_at(at, times, batch_start))
-        self.episode = None
-        return [alert]
-
-    def _on_alarms(self, group: list[Alarm], times, batch_start: int) -> list[DriftAlert]:
+    def _on_alarms(self, group: list[Alarm]) -> list[DriftAlert]:
         """Handle the detector alarms raised at one event index."""
         c = self.config
         a = group[0]
@@ -554,8 +742,12 @@ class DriftMonitor:
         max_shift = float(np.nanmax(np.abs(shifts), initial=0.0)) if shifts.size else 0.0
         critical = len(signals) >= c.critical_signals or max_shift >= c.critical_shift
         severity = Severity.CRITICAL if critical else Severity.WARNING
-        now = self.clock()
         triggers = [Trigger(x.signal, x.detector, x.index) for x in recent]
+        if self._collect_from is None and c.rescale_window > 0:
+            self._collect_from = i + 1
+            j = i + 1 - self._seg_start
+            self._collect_units = ([(self._scan.last_units[j:], self._scan.last_keys[j:])]
+                                   if self._scan is not None else [])
         ep = self.episode
         if ep is None:
             ep = self.episode = _Episode(
@@ -563,27 +755,45 @@ class DriftMonitor:
                 start=i, severity=severity, detector=a.detector,
             )
             self.n_episodes += 1
-            emit = True
-        else:
-            escalate = severity.rank > ep.severity.rank
-            cooled = i - ep.last_alert_index >= c.cooldown_events and now - ep.last_alert_time >= c.cooldown_s
-            emit = escalate or cooled
-            if emit:
-                ep.seq += 1
-                if escalate:
-                    ep.severity = severity
-        if self._collect_from is None and c.rescale_window > 0:
-            self._collect_from = i + 1
+            self._verdict(ep, i, signals, triggers)
+            return self._fire(i, signals, severity, triggers, a.detector, first=True)
+        escalate = severity.rank > ep.severity.rank
+        added = sorted(set(signals) - ep.signals, key=self._order)
+        new_signal = bool(added) and i - ep.last_alert_index >= c.coincidence
+        settled = ep.settled
+        self._verdict(ep, i, signals, triggers)
+        if not (escalate or new_signal or settled):
+            return []
+        if escalate:
+            ep.severity = severity
+        cooled = self._when(ep.last_alert_index, ep.last_alert_time, c.cooldown_events, c.cooldown_s, i) is not None
+        if escalate or cooled:
+            ep.pending = None
+            why = ("severity escalated" if escalate else f"new signal {', '.join(added)}" if new_signal else
+                   "a move away from the level the episode had settled at")
+            return self._fire(i, signals, severity, triggers, a.detector, note=why)
+        # a change during the cooldown: keep it (the latest wins) and report it when the cooldown ends
+        ep.pending = {"index": i, "signals": signals, "severity": severity.value, "detector": a.detector,
+                      "triggers": [asdict(t) for t in triggers]}
+        return []
+
+    def _verdict(self, ep: _Episode, i: int, signals, triggers) -> None:
         ep.last_verdict = i
+        ep.last_verdict_time = self._time_at(i)
         ep.signals.update(signals)
         ep.triggers = (ep.triggers + [t for t in triggers if t not in ep.triggers])[-20:]
-        if not emit:
-            return []
+
+    def _fire(self, i: int, signals, severity: Severity, triggers, detector: str, note: str = "",
+              first: bool = False) -> list[DriftAlert]:
+        ep = self.episode
+        assert ep is not None
+        if not first:
+            ep.seq += 1
         ep.last_alert_index = i
-        ep.last_alert_time = now
-        alert = self._make_alert(AlertKind.FIRED, i, signals, severity, self._time_at(i, times, batch_start),
-                                 detector=a.detector, triggers=triggers)
-        return [alert]
+        ep.last_alert_time = self._time_at(i)
+        ep.settled = False
+        return [self._make_alert(AlertKind.FIRED, i, list(signals), severity, self._time_at(i),
+                                 detector=detector, triggers=list(triggers), note=note)]
 
     # ------------------------------------------------------------------ alert building
     def _order(self, name: str) -> int:
@@ -591,13 +801,6 @@ class DriftMonitor:
 
     def _id_base(self) -> str:
         return f"{self.key.fingerprint}\0{self.key.collection}\0{self.reference_id}"
-
-    @staticmethod
-    def _time_at(index: int, times, batch_start: int) -> int | None:
-        if times is None:
-            return None
-        j = index - batch_start
-        return int(times[j]) if 0 <= j < len(times) else None
 
     def _window(self, index: int) -> slice:
         lo = max(self._rstart, index - self.config.stats_window + 1)
@@ -654,9 +857,10 @@ class DriftMonitor:
         seq = ep.seq
         shifts = ", ".join(f"{s.signal} {s.shift:+.2f}sd" for s in stats if s.signal in signals) or "none"
         if kind is AlertKind.FIRED:
+            why = f" ({note})" if note else ""
             msg = (f"Embedding drift {severity.value} on '{self.key.collection}' "
                    f"(model {self.key.fingerprint[:16]}): {detector} fired on {', '.join(signals)} at event "
-                   f"{index}; shift over the last {len(zz)} events: {shifts}.")
+                   f"{index}{why}; shift over the last {len(zz)} events: {shifts}.")
         else:
             msg = (f"Embedding drift episode on '{self.key.collection}' cleared at event {index}: "
                    f"no detector fired for {self.config.clear_after} events"
@@ -682,7 +886,7 @@ class DriftMonitor:
             offsets=ranges,
             stats=stats,
             example_doc_ids=examples,
-            events_observed=self.n_seen,
+            events_observed=int(index) + 1,
             message=msg,
         )
 
@@ -702,22 +906,38 @@ class DriftMonitor:
             raise ValueError(f"{self.path} belongs to another key")
         self.n_seen = int(meta["n_seen"])
         self.reference_id = meta.get("reference_id", "")
+        self.watermark = meta.get("watermark")
         cnt = meta.get("counters", {})
         self.n_alarms = cnt.get("alarms", 0)
+        self.alarms_by_signal = dict(cnt.get("alarms_by_signal", {}))
         self.n_alerts = cnt.get("alerts", 0)
         self.n_episodes = cnt.get("episodes", 0)
         self.n_invalid = cnt.get("invalid", 0)
+        self.n_settled = cnt.get("settled", 0)
         if "ref_signal_mean" in arrays:
             ref = Reference.from_arrays(arrays)
             recent = np.asarray(arrays.get("recent_z", np.empty((0, len(ref.names)))), dtype=np.float64)
-            if "scale_mean" in arrays:
-                self._scale_mean, self._scale_std = arrays["scale_mean"], arrays["scale_std"]
-            self._install_reference(ref, recent, recent_start=int(meta.get("recent_start", self.n_seen - len(recent))))
-            collect_from = meta.get("collect_from")
-            if collect_from is not None and collect_from >= self._rstart:
-                self._collect_from = int(collect_from)  # resume the re-scaling window
+            recent_start = int(meta.get("recent_start", self.n_seen - len(recent)))
+            self._install_reference(ref, recent, recent_start=recent_start)
+            if "scan_null" in arrays and self._scan is not None:
+                self._scan = ShiftScan(self._scan.windows, self._scan.dim, ScanNull.from_array(arrays["scan_null"]),
+                                       budget=self.config.shift_budget)
+                # the level the threshold rule watched before the restart (its bank is rebuilt on it)
+                self._scan.threshold = float(meta.get("scan_threshold", self._scan.threshold))
+            # the null in force when the state was saved, and detectors re-primed on the recent
+            # (live) signals scored against it, so a restart does not fire
+            self.ranks = RankScores.from_arrays(arrays, "ranks_") if "ranks_columns" in arrays else None
+            self._new_bank(self.ranks.n if self.ranks is not None else int(ref.n_std))
+            if len(recent):
+                self.bank.update(self._detector_input(recent, recent_start), recent_start)
+                self.bank.reset_blocks()
             if meta.get("episode"):
                 self.episode = _Episode.from_json(meta["episode"])
+            if "queue_vectors" in arrays:
+                qmeta = {name: arrays.get("queue_" + name) for name in ("norms", "partitions", "offsets")}
+                qmeta["doc_ids"] = meta.get("queue_doc_ids")
+                self._queue = [(arrays["queue_vectors"], qmeta, np.asarray(arrays["queue_wm"], dtype=np.int64))]
+                self._queued = len(arrays["queue_vectors"])
         else:
             self._warm_count = int(meta.get("warm_count", 0))
             self._warm_norms_ok = bool(meta.get("warm_norms_ok", True))

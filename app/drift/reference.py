@@ -7,9 +7,9 @@ vectors of the stream:
 * the first ``fit_fraction`` of them fit the :class:`~app.drift.signals.SignalBasis`;
 * the rest are turned into signals with that basis, and give each signal's reference mean and
   standard deviation (out-of-sample, so a drift-free stream standardises to mean 0, std 1). The
-  ``shift`` scan is normalised analytically instead: the held-out rows give the null mean and
-  variance of its pairwise inner products (:func:`~app.drift.signals.shift_null_moments`), and its
-  reference mean / sd are 0 / 1.
+  ``shift`` scan is normalised analytically instead: the held-out rows give the moments of its
+  pairwise inner products (:class:`~app.drift.scan.ScanNull`) and the starting history
+  of its running mean, and its reference mean / sd are 0 / 1.
 
 State lives in one ``.npz`` file per key under the caller's ``state_dir`` (arrays plus one JSON
 document), written atomically (temporary file + ``os.replace``).
@@ -27,13 +27,15 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .signals import SHIFT_POWER, SHIFT_WINDOWS, ShiftScan, SignalBasis, fit_basis, shift_null_moments
+from .scan import ScanNull
+from .signals import SHIFT_POWER, SHIFT_WINDOWS, ShiftScan, SignalBasis, fit_basis
 
 __all__ = ["MonitorKey", "Reference", "StateVersionError", "learn_reference", "state_path", "write_state",
            "read_state"]
 
 # 2: the `shift` scan (windows + null moments in the basis); a version-1 file cannot be resumed
-STATE_VERSION = 2
+# 3: per-collection nulls (rank-score references, the scan's running mean); issue 16
+STATE_VERSION = 3
 
 
 class StateVersionError(ValueError):
@@ -82,9 +84,9 @@ class Reference:
     def names(self) -> tuple[str, ...]:
         return self.basis.names
 
-    def new_window(self) -> ShiftScan:
+    def new_window(self, **kw) -> ShiftScan:
         """Fresh state for the ``shift`` signal (one per stream)."""
-        return self.basis.new_window()
+        return self.basis.new_window(**kw)
 
     def raw(self, vectors: np.ndarray, norms: np.ndarray | None = None, window: ShiftScan | None = None) -> np.ndarray:
         return self.basis.transform(vectors, norms, window)
@@ -135,8 +137,8 @@ def learn_reference(
     """Learn a :class:`Reference` from warm-up vectors.
 
     Returns the reference and the standardised signals of the held-out part of the warm-up
-    (used to prime the detectors so they start in a known in-control state); its first
-    ``min(windows) - 1`` rows have no ``shift`` value (NaN).
+    (used to prime the detectors so they start in a known in-control state); their ``shift``
+    column is NaN (the held-out rows are the scan's null and starting history, not a window of it).
     """
     v = np.asarray(vectors, dtype=np.float32)
     n = len(v)
@@ -156,12 +158,19 @@ def learn_reference(
         seed=seed,
     )
     if basis.window > 0:
-        c, tau2 = shift_null_moments(basis.tail_units(v[n_fit:]))
-        basis = replace(basis, shift_c=c, shift_tau2=tau2)
+        units, keys = basis.tail_units(v[n_fit:])
+        basis = replace(basis, scan_null=ScanNull.from_sample(units, keys))
     raw = basis.transform(v[n_fit:], None if nrm is None else nrm[n_fit:])
+    if basis.window > 0:
+        # the held-out rows are the live scan's starting null and history: they have no `shift`
+        # value of their own
+        raw[:, basis.names.index("shift")] = np.nan
     with np.errstate(invalid="ignore"):
-        mean = np.nanmean(raw, axis=0)
-        std = np.nanstd(raw, axis=0, ddof=1)
+        ok = ~np.isnan(raw)
+        cnt = ok.sum(axis=0)
+        mean = np.where(cnt > 0, np.where(ok, raw, 0.0).sum(axis=0) / np.maximum(cnt, 1), 0.0)
+        dev = np.where(ok, raw - mean, 0.0)
+        std = np.sqrt((dev**2).sum(axis=0) / np.maximum(cnt - 1, 1))
     std = np.where(np.isfinite(std) & (std > 1e-12), std, 1e-12)
     if "shift" in basis.names:  # normalised analytically (see the module docstring)
         j = basis.names.index("shift")

@@ -18,17 +18,13 @@ scalars, all computed with one matrix product per batch:
     over a few window lengths. Each vector is whitened in the reference's low-variance subspace
     (principal axes ``n_whiten + 1 .. d``, eigenvalues shrunk by ``shrink`` x their mean, axis
     ``i`` divided by ``lambda_i ** (power / 2)``) and reduced to its direction (spatial sign,
-    ``u = z / |z|``); for each window length ``W`` the normalised U-statistic
-
-        T_W(t) = sum_{t-W < i < j <= t} (u_i . u_j - c) / sqrt(W (W - 1) / 2 * tau2)
-
-    is ~N(0, 1) without drift and grows like ``n |delta|^2 / sqrt(2 k)`` from the first shifted
-    event on (``c`` is the null mean of ``u_i . u_j`` and ``tau2`` its null variance, both
-    estimated on the held-out part of the warm-up). ``shift`` is ``max_W T_W(t)``; it is watched
-    by a threshold rule (see :mod:`app.drift.detectors`), not by a CUSUM. This is the signal that
-    sees an encoder swap (fp32 -> int8 moves every vector by a systematic offset that is small in
-    cosine terms but large relative to the low-variance directions); it needs state, kept in a
-    :class:`ShiftScan`;
+    ``u = z / |z|``); for each window length the normalised U-statistic of the last ``W`` rows
+    against the running mean of the older ones is ~0 mean, unit variance without drift and grows
+    linearly from the first shifted event on (:mod:`app.drift.scan`). It is watched by a threshold
+    rule (see :mod:`app.drift.detectors`), not by a CUSUM. This is the signal that sees an encoder
+    swap (fp32 -> int8 moves every vector by a systematic offset that is small in cosine terms but
+    large relative to the low-variance directions); it needs state, kept in a
+    :class:`~app.drift.scan.ShiftScan`;
 ``lognorm``
     log of the pre-normalisation norm, when the encoder passes it (length / tokenizer changes).
 
@@ -42,11 +38,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SHIFT_POWER", "SHIFT_WINDOWS", "SignalBasis", "ShiftScan", "fit_basis", "spherical_kmeans",
-           "shift_null_moments"]
+from .scan import SHIFT_BUDGET_PER_EVENT, SHIFT_WINDOWS, SKETCH_BITS, ScanNull, ShiftScan, pack_keys, unit_rows
 
-#: window lengths the ``shift`` scan uses, and the power of its tail weighting (DRIFT.md section 2)
-SHIFT_WINDOWS: tuple[int, ...] = (32, 48, 72, 108, 162)
+__all__ = ["SHIFT_POWER", "SHIFT_WINDOWS", "SignalBasis", "ShiftScan", "ScanNull", "fit_basis", "spherical_kmeans"]
+
+#: power of the ``shift`` scan's tail weighting (DRIFT.md section 2)
 SHIFT_POWER = 1.5
 
 
@@ -95,80 +91,27 @@ def spherical_kmeans(vectors: np.ndarray, k: int, *, iters: int = 20, seed: int 
     return c.astype(np.float32)
 
 
-def _unit_rows(tail: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit norm (spatial sign); all-zero rows stay zero."""
-    nrm = np.linalg.norm(tail, axis=1, keepdims=True)
-    return np.divide(tail, nrm, out=np.zeros_like(tail), where=nrm > 0)
+#: rows per matrix product in :func:`project`
+PROJECT_ROWS = 8
 
 
-def shift_null_moments(units: np.ndarray) -> tuple[float, float]:
-    """``(c, tau2)``: mean and variance of ``u_i . u_j`` (i != j) on drift-free unit rows.
+def project(v: np.ndarray, proj: np.ndarray) -> np.ndarray:
+    """``v @ proj`` (float64 result), the same bits for a row whatever batch it comes in.
 
-    ``c`` is the U-statistic estimate of ``|E u|^2``; ``tau2`` the mean squared inner product of
-    centred rows of the two halves of ``units`` (independent rows, so ~``tr(Cov(u)^2)``).
-
-    >>> rng = np.random.default_rng(0)
-    >>> u = _unit_rows(rng.normal(size=(2000, 100)))
-    >>> c, tau2 = shift_null_moments(u)
-    >>> abs(c) < 1e-3, round(tau2 * 100, 1)   # isotropic: tr(Cov^2) = 1 / dim
-    (True, 1.0)
+    A BLAS matrix product picks its kernels by the number of rows, so a row's products differ in
+    the last bits between a batch of 1, 37 or 1000 rows - and with them, in rare cases, an alert.
+    The rows are therefore multiplied in blocks of exactly ``PROJECT_ROWS`` (zero-padded), which on
+    OpenBLAS gives every row the same bits at any position of any batch (tested in
+    tests/drift/test_signals.py), at about the cost of one product.
     """
-    u = np.asarray(units, dtype=np.float64)
-    n = len(u)
-    if n < 4:
-        raise ValueError("need at least 4 rows to estimate the shift statistic's null moments")
-    s = u.sum(axis=0)
-    c = float((s @ s - np.einsum("ij,ij->", u, u)) / (n * (n - 1)))
-    h = n // 2
-    a = u[:h] - u[:h].mean(axis=0)
-    b = u[h : 2 * h] - u[h : 2 * h].mean(axis=0)
-    tau2 = float(np.mean((a @ b.T) ** 2))
-    return c, max(tau2, 1e-12)
-
-
-class ShiftScan:
-    """State of the ``shift`` signal between batches: the last ``max(windows)`` unit tail rows.
-
-    ``update(units)`` returns ``max_W T_W(t)`` for each new row (see the module docstring), over the
-    windows that are already full (NaN until ``min(windows)`` rows have been seen).
-    """
-
-    def __init__(self, windows, dim: int, c: float = 0.0, tau2: float = 1.0):
-        self.windows = tuple(int(w) for w in windows)
-        self.c = float(c)
-        self.tau2 = float(tau2)
-        self.rows = np.empty((0, dim), dtype=np.float64)
-
-    @property
-    def window(self) -> int:
-        return max(self.windows) if self.windows else 0
-
-    def reset(self) -> None:
-        self.rows = self.rows[:0]
-
-    def update(self, units: np.ndarray) -> np.ndarray:
-        hist = len(self.rows)
-        z = np.concatenate([self.rows, units]) if hist else units
-        n = len(units)
-        out = np.full(n, np.nan)
-        cs = np.zeros((len(z) + 1, z.shape[1]))
-        np.cumsum(z, axis=0, out=cs[1:])
-        sq = np.concatenate([[0.0], np.cumsum(np.einsum("ij,ij->i", z, z))])
-        end = np.arange(hist + 1, hist + n + 1)  # prefix index just after each new row
-        for w in self.windows:
-            ok = end >= w
-            if not ok.any():
-                continue
-            e = end[ok]
-            s = cs[e] - cs[e - w]
-            pairs = w * (w - 1) / 2
-            u = (np.einsum("ij,ij->i", s, s) - (sq[e] - sq[e - w])) / 2 - pairs * self.c
-            t = u / np.sqrt(pairs * self.tau2)
-            cur = out[ok]
-            out[ok] = np.where(np.isnan(cur) | (t > cur), t, cur)
-        self.rows = z[-self.window :].copy() if self.window else z[:0].copy()
-        return out
-
+    n = len(v)
+    m = -(-n // PROJECT_ROWS) * PROJECT_ROWS
+    if m != n:
+        pad = np.zeros((m, v.shape[1]), dtype=np.float32)
+        pad[:n] = v
+        v = pad
+    out = np.matmul(v.reshape(-1, PROJECT_ROWS, v.shape[1]), proj).reshape(m, -1)
+    return out[:n].astype(np.float64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -192,9 +135,12 @@ class SignalBasis:
         shrunk variances to the power ``power / 2`` (used by ``shift``).
     windows
         Window lengths scanned by the ``shift`` signal (empty disables it).
-    shift_c, shift_tau2
-        Null mean and variance of the inner product of two unit tail rows (see
-        :func:`shift_null_moments`); set from held-out data by :func:`~app.drift.reference.learn_reference`.
+    sketch
+        ``SKETCH_BITS`` fixed random directions of the whitened tail (d, 64): the signs of a row's
+        projections are its duplicate key (:mod:`app.drift.scan`).
+    scan_null
+        The scan's starting null moments and running-mean history (:class:`~app.drift.scan.ScanNull`),
+        set from the warm-up's held-out rows by :func:`~app.drift.reference.learn_reference`.
     n_axes
         How many leading whitened axes are emitted as ``axis1..axisN``.
     use_norm
@@ -221,32 +167,44 @@ class SignalBasis:
     windows: tuple[int, ...]
     n_axes: int
     use_norm: bool
-    shift_c: float = 0.0
-    shift_tau2: float = 1.0
+    sketch: np.ndarray | None = None
+    scan_null: ScanNull | None = None
 
     def __post_init__(self) -> None:
-        # One matrix holds every direction we project on: [centroid | axes | clusters^T | tail].
-        proj = np.hstack([self.centroid[:, None], self.axes, self.clusters.T, self.tail]).astype(np.float32)
+        # One matrix holds every direction we project on: [centroid | axes | clusters^T | tail | sketch].
+        sketch = self.sketch if self.sketch is not None else np.zeros((self.tail.shape[0], 0), np.float32)
+        proj = np.hstack([self.centroid[:, None], self.axes, self.clusters.T, self.tail, sketch]).astype(np.float32)
         mean = self.mean.astype(np.float64)
         object.__setattr__(self, "_proj", np.ascontiguousarray(proj))
         object.__setattr__(self, "_offset", mean @ self.axes.astype(np.float64))
         object.__setattr__(self, "_tail_offset", mean @ self.tail.astype(np.float64))
+        object.__setattr__(self, "_sketch_offset", mean @ sketch.astype(np.float64))
 
     @property
     def window(self) -> int:
         """Longest ``shift`` window (0: no ``shift`` signal)."""
         return max(self.windows) if self.windows else 0
 
-    def new_window(self) -> ShiftScan:
-        """Fresh ``shift`` state for one stream."""
-        return ShiftScan(self.windows, self.tail.shape[1], self.shift_c, self.shift_tau2)
+    def new_window(self, budget: float = SHIFT_BUDGET_PER_EVENT, online: bool = True) -> ShiftScan:
+        """Fresh ``shift`` state for one stream (``budget``: its per-event exceedance budget)."""
+        return ShiftScan(self.windows, self.tail.shape[1], self.scan_null, budget=budget, online=online)
 
-    def tail_units(self, vectors: np.ndarray) -> np.ndarray:
-        """Unit (spatial-sign) whitened tail rows of ``vectors`` (n, k), as ``shift`` uses them."""
-        v = _as_matrix(vectors)
-        tail = (v @ self.tail).astype(np.float64) - self._tail_offset
-        tail[~np.isfinite(tail).all(axis=1)] = 0.0
-        return _unit_rows(tail)
+    def tail_units(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Unit (spatial-sign) whitened tail rows of ``vectors`` (n, k) and their duplicate keys (n,)."""
+        return self._tail_and_keys(project(_as_matrix(vectors), self._proj))
+
+    def _tail_and_keys(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        q, k, t = self.axes.shape[1], self.clusters.shape[0], self.tail.shape[1]
+        a = 1 + q + k
+        tail = p[:, a : a + t] - self._tail_offset
+        bad = ~np.isfinite(tail).all(axis=1)
+        # rows that are not finite must not poison the window (they become zero rows)
+        tail[bad] = 0.0
+        if self.sketch is not None and self.sketch.shape[1]:
+            keys = pack_keys(p[:, a + t :] - self._sketch_offset > 0)
+        else:
+            keys = np.arange(len(p), dtype=np.uint64) | np.uint64(1 << 63)
+        return unit_rows(tail), keys
 
     @property
     def dim(self) -> int:
@@ -272,7 +230,7 @@ class SignalBasis:
         v = _as_matrix(vectors)
         if v.shape[1] != self.dim:
             raise ValueError(f"vectors have dimension {v.shape[1]}, the reference has {self.dim}")
-        p = (v @ self._proj).astype(np.float64)
+        p = project(v, self._proj)
         q = self.axes.shape[1]
         z = (p[:, 1 : 1 + q] - self._offset) / self.scales
         out = np.empty((len(v), len(self.names)), dtype=np.float64)
@@ -282,10 +240,8 @@ class SignalBasis:
         k = self.clusters.shape[0]
         out[:, 2 + self.n_axes] = 1.0 - p[:, 1 + q : 1 + q + k].max(axis=1)
         if self.window > 0:
-            tail = p[:, 1 + q + k :] - self._tail_offset
-            # rows that are not finite must not poison the window (they become zero rows)
-            tail[~np.isfinite(tail).all(axis=1)] = 0.0
-            out[:, 3 + self.n_axes] = (window or self.new_window()).update(_unit_rows(tail))
+            units, keys = self._tail_and_keys(p)
+            out[:, 3 + self.n_axes] = (window or self.new_window()).update(units, keys)
         if self.use_norm:
             if norms is None:
                 out[:, -1] = np.nan
@@ -307,7 +263,9 @@ class SignalBasis:
             prefix + "tail": self.tail,
             prefix + "meta": np.array([self.n_axes, int(self.use_norm), self.window], dtype=np.int64),
             prefix + "windows": np.array(self.windows, dtype=np.int64),
-            prefix + "shift_moments": np.array([self.shift_c, self.shift_tau2], dtype=np.float64),
+            prefix + "sketch": (np.zeros((self.tail.shape[0], 0), np.float32) if self.sketch is None
+                                else self.sketch),
+            prefix + "scan_null": (np.empty(0) if self.scan_null is None else self.scan_null.to_array()),
         }
 
     @classmethod
@@ -323,8 +281,9 @@ class SignalBasis:
             windows=tuple(int(w) for w in np.asarray(arrays[prefix + "windows"]).tolist()),
             n_axes=int(meta[0]),
             use_norm=bool(meta[1]),
-            shift_c=float(np.asarray(arrays[prefix + "shift_moments"])[0]),
-            shift_tau2=float(np.asarray(arrays[prefix + "shift_moments"])[1]),
+            sketch=np.asarray(arrays[prefix + "sketch"], dtype=np.float32),
+            scan_null=(ScanNull.from_array(arrays[prefix + "scan_null"]) if len(arrays[prefix + "scan_null"])
+                       else None),
         )
 
 
@@ -343,8 +302,8 @@ def fit_basis(
     """Fit a :class:`SignalBasis` on reference vectors (n, d); ``norms`` enables ``lognorm``.
 
     ``windows=()`` disables the ``shift`` signal. ``power`` = 1 is plain whitening of the tail;
-    1.5 weights its lowest-variance axes more (see DRIFT.md section 2). The ``shift`` null moments
-    are left at (0, 1): set them from held-out data (:func:`shift_null_moments`), as
+    1.5 weights its lowest-variance axes more (see DRIFT.md section 2). The ``shift`` null
+    (``scan_null``) is left unset: learn it from held-out data, as
     :func:`~app.drift.reference.learn_reference` does.
     """
     windows = tuple(int(w) for w in windows if int(w) >= 2)
@@ -376,9 +335,11 @@ def fit_basis(
             vt_full = vt
         lam0 = shrink * (var.sum() / d)
         tail = vt_full[q:d].T / (var[q:d] + lam0) ** (power / 2)
+        sketch = tail @ np.random.default_rng([seed, 1]).normal(size=(tail.shape[1], SKETCH_BITS))
     else:
         windows = ()
         tail = np.zeros((d, 0))
+        sketch = np.zeros((d, 0))
     clusters = spherical_kmeans(v, n_clusters, seed=seed)
     return SignalBasis(
         mean=mean.astype(np.float32),
@@ -390,4 +351,5 @@ def fit_basis(
         windows=windows,
         n_axes=min(n_axes, q),
         use_norm=norms is not None,
+        sketch=sketch.astype(np.float32),
     )

@@ -31,11 +31,17 @@ def switch_stream(seed: int, n_before: int, n_after: int, before=(0, 1, 2, 3), a
     return np.vstack([v0, v1]), np.concatenate([n0, n1])
 
 
-def feed(monitor, vectors, norms=None, batch: int = 128, **meta):
-    """Feed a stream in batches; returns all alerts."""
+def feed(monitor, vectors, norms=None, batch: int = 128, flush: bool = True, **meta):
+    """Feed a stream in batches; returns all alerts.
+
+    ``flush``: at the end, process the events the monitor's micro-batching still holds back
+    (batches smaller than ``DriftConfig.min_batch``), as if the stream went on.
+    """
     alerts = []
     for s in range(0, len(vectors), batch):
         e = s + batch
         kw = {k: v[s:e] for k, v in meta.items()}
         alerts += monitor.observe(vectors[s:e], norms=None if norms is None else norms[s:e], **kw)
+    if flush:
+        alerts += monitor.flush()
     return alerts

@@ -58,3 +58,71 @@ def test_json_and_key():
 def test_invalid_enum_rejected():
     with pytest.raises(ValueError):
         AlertKind("MAYBE")
+
+
+# --- schema versions (issue 16: ENCODER_CHANGED and the canary field) ----------------------------
+#: fingerprint of schemas/drift_alert.avsc as first released (commit 7761ba7), before ENCODER_CHANGED
+V1_FINGERPRINT = "f1aa4a13d30794d9"
+
+
+def _canary_alert():
+    from app.drift.alert import CanaryCheck
+
+    return _alert(kind=AlertKind.ENCODER_CHANGED, detector="EncoderCanary", signals=["canary"], triggers=[],
+                  stats=[], offsets=[], example_doc_ids=[],
+                  canary=CanaryCheck(worst_cosine=0.9641434, mean_cosine=0.99, worst_text="ok", max_abs_diff=0.046,
+                                     tolerance=1e-6, abs_tolerance=1e-6, provider="CPUExecutionProvider",
+                                     reference="shipped", texts=16, reason="periodic"))
+
+
+def test_version_1_is_derived_with_its_released_fingerprint():
+    from app.drift.alert import alert_schema_v1, writer_schema
+    from app.events import schema_fingerprint
+
+    assert schema_fingerprint(alert_schema_v1()).hex() == V1_FINGERPRINT
+    assert schema_fingerprint(alert_schema()).hex() != V1_FINGERPRINT
+    assert writer_schema(_alert()) is alert_schema_v1()
+    assert writer_schema(_alert(kind=AlertKind.CLEARED)) is alert_schema_v1()
+    assert writer_schema(_canary_alert()) is alert_schema()
+
+
+def test_a_version_1_consumer_reads_fired_and_skips_encoder_changed():
+    # a consumer of an older release: it decodes single-object records of version 1 only
+    import io
+
+    from app.alerts import decode_alert_message, encode_alert_message
+    from app.drift.alert import alert_schema_v1
+    from app.events import SINGLE_OBJECT_MAGIC, schema_fingerprint
+
+    def old_decode(value):
+        if value[:2] != SINGLE_OBJECT_MAGIC or value[2:10] != schema_fingerprint(alert_schema_v1()):
+            raise ValueError("unknown-alert-format")
+        return fastavro.schemaless_reader(io.BytesIO(value[10:]), alert_schema_v1(), None)
+
+    fired = encode_alert_message(_alert())
+    assert old_decode(fired)["kind"] == "FIRED"
+    with pytest.raises(ValueError, match="unknown-alert-format"):
+        old_decode(encode_alert_message(_canary_alert()))
+    # this release reads both versions
+    assert decode_alert_message(fired) == _alert()
+    assert decode_alert_message(encode_alert_message(_canary_alert())) == _canary_alert()
+    assert decode_alert(encode_alert(_canary_alert())) == _canary_alert()
+
+
+def test_an_unknown_future_kind_reads_as_fired():
+    # the enum's default: a reader of this version resolves a symbol it does not know to FIRED
+    import copy
+    import io
+
+    raw = json.load(open(__import__("app.drift.alert", fromlist=["SCHEMA_PATH"]).SCHEMA_PATH))
+    future = copy.deepcopy(raw)
+    for f in future["fields"]:
+        if f["name"] == "kind":
+            f["type"]["symbols"] = f["type"]["symbols"] + ["SOMETHING_NEW"]
+    writer = fastavro.parse_schema(future)
+    rec = _alert().to_record()
+    rec["kind"] = "SOMETHING_NEW"
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, writer, rec)
+    got = fastavro.schemaless_reader(io.BytesIO(buf.getvalue()), writer, alert_schema())
+    assert got["kind"] == "FIRED"

@@ -4,7 +4,7 @@ import importlib
 
 import pytest
 
-MODULES = ["signals", "reference", "detectors", "alert", "monitor", "__init__"]
+MODULES = ["signals", "scan", "nulls", "reference", "detectors", "alert", "canary", "calibration", "monitor", "__init__"]
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -12,5 +12,5 @@ def test_module_doctests(name):
     mod = importlib.import_module("app.drift" if name == "__init__" else f"app.drift.{name}")
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0
-    if name in ("signals", "reference", "detectors", "alert", "monitor"):
+    if name in ("signals", "scan", "nulls", "reference", "detectors", "alert", "canary", "calibration", "monitor"):
         assert result.attempted > 0

@@ -11,14 +11,17 @@ from .synth import centres, feed, sample, switch_stream
 
 KEY = ("model:int8:abc", "docs")
 
-# Pinned outcomes of the seeded streams below with the calibrated defaults (DriftConfig()).
-# They change when the detectors/defaults change: re-derive them, and say why, in that change.
-# Re-derived for the `shift` scan + threshold rule and the 4000-event warm-up (3000 fit / 1000 held out).
-FIRST_SWITCH = [("FIRED", 6003, 0, "WARNING", ["nearest"]), ("FIRED", 6007, 1, "CRITICAL", ["mahal", "nearest"]),
-                ("CLEARED", 8167, 2, "CRITICAL", ["centroid", "axis2", "mahal", "nearest", "shift", "lognorm"])]
-EPISODE_ALERTS = [("FIRED", 4007, 0), ("FIRED", 4011, 1), ("FIRED", 6599, 2), ("FIRED", 9103, 3), ("CLEARED", 12207, 4)]
-RESTART_DELAY = 3
-SMALL_SHIFT_FIRST = ("FIRED", 6134, "CRITICAL", ["shift"], "Threshold")
+# Pinned outcomes of the seeded streams below with the default DriftConfig() (warm-up 2000, per-
+# collection thresholds). They change when the detectors/defaults change: re-derive them, and say
+# why, in that change. Re-derived for issue 16 (rank scores, the deduplicated scan with online
+# moments, episodes that fire again on news, event-time rules, warm-up 2000).
+FIRST_SWITCH = [("FIRED", 6011, 0, "CRITICAL", ["mahal", "nearest", "shift"]),
+                ("CLEARED", 8143, 1, "CRITICAL", ["centroid", "axis1", "mahal", "nearest", "shift", "lognorm"])]
+SMALL_SHIFT_FIRST = ("FIRED", 6144, "CRITICAL", ["shift"], "Threshold")
+RESTART_DELAY = 11
+FREE_100K = {22: [], 23: []}
+# a short off-topic burst at 5000 (60 events) opens an episode; the real switch at 5960 fires again
+NEWS = [("FIRED", 5010, 0, "CRITICAL", ["shift"]), ("FIRED", 5974, 1, "CRITICAL", ["mahal", "nearest"])]
 
 
 class FakeClock:
@@ -33,18 +36,23 @@ def _monitor(tmp_path, **cfg):
     return DriftMonitor(KEY, tmp_path, config=replace(DriftConfig(), **cfg), clock=FakeClock())
 
 
+def _summary(alerts):
+    return [(a.kind.value, a.event_index, a.sequence, a.severity.value, a.signals) for a in alerts]
+
+
 def test_exact_first_alert_on_topic_switch(tmp_path):
     v, n = switch_stream(seed=11, n_before=6000, n_after=3000)
     mon = _monitor(tmp_path)
     alerts = feed(mon, v, n, batch=100)
-    # switch at 6000: a WARNING on the first signal, escalated to CRITICAL when a second one agrees;
-    # the detectors re-scale to the new mix, which is stable, so the episode clears 2000 events
-    # after the last detector alarm, reporting how far the new mix sits from the reference
-    assert [(a.kind.value, a.event_index, a.sequence, a.severity.value, a.signals) for a in alerts] == FIRST_SWITCH
+    # switch at 6000: FIRED within a few events; the detectors settle on the new mix, which is
+    # stable, so the episode clears 2000 events after the last detector alarm, reporting how far
+    # the new mix sits from the reference
+    assert _summary(alerts) == FIRST_SWITCH
     first, cleared = alerts[0], alerts[-1]
-    assert first.detector == "PageHinkley" and first.episode_start_index == first.event_index
+    assert first.episode_start_index == first.event_index and 6000 <= first.event_index < 6030
     assert (first.model_fingerprint, first.collection) == KEY
     assert {a.episode_id for a in alerts} == {first.episode_id}
+    assert cleared.kind is AlertKind.CLEARED
     assert cleared.event_index == max(t.event_index for t in cleared.triggers) + mon.config.clear_after
     assert {s.signal: round(s.shift, 1) for s in cleared.stats}["nearest"] > 3.0
 
@@ -65,11 +73,13 @@ def test_small_mean_shift_is_seen_by_the_shift_scan_only(tmp_path):
 
 def test_same_alerts_whatever_the_batching(tmp_path):
     v, n = switch_stream(seed=11, n_before=6000, n_after=3000)
+    times = 1_767_225_600_000 + np.arange(len(v)) * 25
     runs = []
-    for i, batch in enumerate((3, 37, 1000)):
+    for i, batch in enumerate((1, 3, 37, 1000)):
         mon = DriftMonitor(KEY, tmp_path / str(i), clock=FakeClock())
-        runs.append([(a.kind, a.event_index, a.sequence, a.signals, a.alert_id) for a in feed(mon, v, n, batch=batch)])
-    assert runs[0] == runs[1] == runs[2] and runs[0]
+        got = feed(mon, v, n, batch=batch, event_times_ms=times)
+        runs.append([(a.kind, a.event_index, a.sequence, a.signals, a.alert_id, a.event_time, a.message) for a in got])
+    assert runs[0] == runs[1] == runs[2] == runs[3] and runs[0]
 
 
 def test_no_alerts_during_warmup(tmp_path):
@@ -82,13 +92,8 @@ def test_no_alerts_during_warmup(tmp_path):
     assert mon.status()["warmup_progress"] == w and state_path(tmp_path, mon.key).exists()
 
 
-@pytest.mark.parametrize("seed, expected", [
-    (23, []),
-    # The calibrated rate is ~0.2-0.5 raw alarms per 100k events, so some 100k streams see one:
-    # seed 22 is such a stream (kept to show what a false episode looks like: one WARNING + CLEARED).
-    (22, [("FIRED", 14615, "WARNING"), ("CLEARED", 16615, "WARNING")]),
-])
-def test_false_alarms_on_100k_drift_free_vectors(tmp_path, seed, expected):
+@pytest.mark.parametrize("seed", [22, 23])
+def test_false_alarms_on_100k_drift_free_vectors(tmp_path, seed):
     c = centres(21)
     rng = np.random.default_rng(seed)
     mon = _monitor(tmp_path)
@@ -97,54 +102,136 @@ def test_false_alarms_on_100k_drift_free_vectors(tmp_path, seed, expected):
         v, n = sample(rng, c, range(6), 1000)
         alerts += mon.observe(v, norms=n)
     assert mon.n_seen == 100_000
-    assert [(a.kind.value, a.event_index, a.severity.value) for a in alerts] == expected
+    assert [(a.kind.value, a.event_index, a.severity.value) for a in alerts] == FREE_100K[seed]
     assert mon.status()["detector_alarms"] <= 1  # the target: <= 1 false alarm per 100k events
 
 
-def test_episode_cooldown_and_clear(tmp_path):
-    # topics alternate every 700 events for 7000 events, then the stream settles on one mix
+def test_narrow_collection_gets_its_own_thresholds(tmp_path):
+    # a narrow collection: 300 documents, resampled (every window holds repeats). Its `shift`
+    # threshold comes from its own warm-up (not from another corpus), and 100k drift-free events
+    # give no alarm
+    rng = np.random.default_rng(5)
     c = centres(5)
-    rng = np.random.default_rng(6)
-    parts = [sample(rng, c, range(4), 4000)]
-    for k in range(10):
-        parts.append(sample(rng, c, (4, 5) if k % 2 == 0 else range(4), 700))
-    parts.append(sample(rng, c, range(4), 6000))
+    docs, dnorms = sample(rng, c, range(6), 300)
+    broad = _monitor(tmp_path / "broad")
+    narrow = _monitor(tmp_path / "narrow")
+    alerts = []
+    for _ in range(100):
+        i = rng.integers(300, size=1000)
+        alerts += narrow.observe(docs[i], norms=dnorms[i])
+        v, n = sample(rng, c, range(6), 1000)
+        broad.observe(v, norms=n)
+    assert alerts == [] and narrow.status()["detector_alarms"] == 0
+    tb, tn = broad.thresholds, narrow.thresholds
+    assert tb["page_hinkley"] == tn["page_hinkley"] == 6.75  # rank scores: the same law for every collection
+    assert abs(tb["shift"] - tn["shift"]) > 0.05  # the scan's threshold is the collection's own
+    assert narrow._scan.collision > 10 * broad._scan.collision  # repeats measured on the collection
+
+
+def test_thresholds_depend_on_the_warmup_size_only_for_pagehinkley(tmp_path):
+    c = centres(9)
+    rng = np.random.default_rng(9)
+    mon = _monitor(tmp_path, warmup=500)  # 125 held-out values: a stricter PageHinkley threshold
+    feed(mon, *sample(rng, c, range(6), 600))
+    assert mon.thresholds["page_hinkley"] == 7.0
+    assert set(mon.status()["thresholds"]) == {"page_hinkley", "shift"}
+
+
+def test_a_change_during_an_open_episode_fires_again(tmp_path):
+    # a burst of 60 off-topic events opens an episode; the detectors settle on the normal mix that
+    # follows; 900 events later (the episode is still open: clear_after 2000) the topic really
+    # switches: a new FIRED, not a silent extension of the old episode
+    c = centres(13)
+    rng = np.random.default_rng(14)
+    parts = [sample(rng, c, range(4), 5000), sample(rng, c, (5,), 60), sample(rng, c, range(4), 900),
+             sample(rng, c, (4, 5), 2000)]
     v = np.vstack([p[0] for p in parts])
     n = np.concatenate([p[1] for p in parts])
-    mon = _monitor(tmp_path, cooldown_events=2500, cooldown_s=0.0, clear_after=1500)
+    mon = _monitor(tmp_path)
     alerts = feed(mon, v, n)
+    assert _summary(alerts) == NEWS
+    change = 5960
+    after = [a for a in alerts if a.kind is AlertKind.FIRED and a.event_index >= change]
+    assert after and after[0].sequence > 0 and after[0].episode_id == alerts[0].episode_id
+    assert after[0].event_index - change < 100
+    assert "settled" in after[0].message
+
+
+def test_event_time_cooldown_defers_repeats_and_clearing(tmp_path):
+    # topics alternate every 700 events; events 40 ms apart. With a 60 s event-time cooldown a
+    # repeat FIRED waits until 60 s of event time have passed since the last FIRED (it is not
+    # dropped: reported when the cooldown ends), and CLEARED needs 120 s of event time as well
+    c = centres(5)
+    rng = np.random.default_rng(6)
+    parts = [sample(rng, c, range(4), 3000)] + [sample(rng, c, (4, 5) if k % 2 == 0 else range(4), 700)
+                                                 for k in range(6)] + [sample(rng, c, range(4), 6000)]
+    v = np.vstack([p[0] for p in parts])
+    n = np.concatenate([p[1] for p in parts])
+    times = 1_767_225_600_000 + np.arange(len(v)) * 40
+    mon = _monitor(tmp_path, cooldown_s=60.0, clear_after=1500, clear_after_s=120.0)
+    alerts = feed(mon, v, n, event_times_ms=times)
     fired = [a for a in alerts if a.kind is AlertKind.FIRED]
     cleared = [a for a in alerts if a.kind is AlertKind.CLEARED]
-    assert [(a.kind.value, a.event_index, a.sequence) for a in alerts] == EPISODE_ALERTS
-    assert len(cleared) == 1 and len({a.episode_id for a in alerts}) == 1
-    # repeats of one episode are >= cooldown_events apart unless the severity escalated
+    assert len(fired) >= 2 and len(cleared) == 1
     for prev, cur in zip(fired, fired[1:]):
-        assert cur.event_index - prev.event_index >= 2500 or cur.severity.rank > prev.severity.rank
-    # CLEARED comes exactly clear_after events after the episode's last verdict
+        assert cur.event_time - prev.event_time >= 60_000 or cur.severity.rank > prev.severity.rank
     last_verdict = max(t.event_index for t in cleared[0].triggers)
-    assert cleared[0].event_index == last_verdict + 1500
-    assert cleared[0].sequence == fired[-1].sequence + 1
-    assert cleared[0].event_index > fired[-1].event_index
+    assert cleared[0].event_index - last_verdict >= 1500
+    assert cleared[0].event_time - int(times[last_verdict]) >= 120_000
+    # the same stream without the time rules: more repeats, and clearing by events only
+    plain = feed(_monitor(tmp_path / "plain", clear_after=1500), v, n, event_times_ms=times)
+    assert len([a for a in plain if a.kind is AlertKind.FIRED]) > len(fired)
 
 
-def test_cooldown_in_seconds(tmp_path):
+def test_live_and_replay_give_the_same_alerts(tmp_path):
+    # the same stream fed live (1-3 events per batch, the wall clock moving with event time) and
+    # replayed at full speed (1000 per batch, the wall clock still): identical alerts, fired_at
+    # (the wall-clock time of publication) aside. Time rules on, so that event time matters
     c = centres(5)
     rng = np.random.default_rng(6)
-    parts = [sample(rng, c, range(4), 3000)] + [
-        sample(rng, c, (4, 5) if k % 2 == 0 else range(4), 600) for k in range(12)]
+    parts = [sample(rng, c, range(4), 3000)] + [sample(rng, c, (4, 5) if k % 2 == 0 else range(4), 700)
+                                                 for k in range(6)] + [sample(rng, c, range(4), 5000)]
     v = np.vstack([p[0] for p in parts])
     n = np.concatenate([p[1] for p in parts])
-    clock = FakeClock()
-    mon = DriftMonitor(KEY, tmp_path, config=replace(DriftConfig(), cooldown_events=0, cooldown_s=300.0,
-                                                     clear_after=100_000, warmup=2000), clock=clock)
-    frozen = [a for a in feed(mon, v[:6000], n[:6000]) if a.kind is AlertKind.FIRED]
-    # the clock does not move: only the first alert and severity escalations get through
-    assert frozen and all(a.sequence == 0 or a.severity.rank > frozen[i - 1].severity.rank
-                          for i, a in enumerate(frozen))
-    clock.t += 301
-    later = [a for a in feed(mon, v[6000:], n[6000:]) if a.kind is AlertKind.FIRED]
-    assert later and later[0].sequence == frozen[-1].sequence + 1
-    assert later[0].fired_at == int(clock.t * 1000)
+    times = 1_767_225_600_000 + np.cumsum(rng.exponential(40, size=len(v))).astype(np.int64)
+    cfg = replace(DriftConfig(), cooldown_s=30.0, clear_after=1500, clear_after_s=90.0)
+    live_clock = FakeClock(times[0] / 1000)
+    live = DriftMonitor(KEY, tmp_path / "live", config=cfg, clock=live_clock)
+    got_live, s = [], 0
+    sizes = rng.integers(1, 4, size=len(v))
+    while s < len(v):
+        e = min(s + int(sizes[s]), len(v))
+        live_clock.t = times[e - 1] / 1000 + 0.05
+        got_live += live.observe(v[s:e], norms=n[s:e], event_times_ms=times[s:e])
+        s = e
+    got_live += live.flush()
+    replay = DriftMonitor(KEY, tmp_path / "replay", config=cfg, clock=FakeClock(2_000_000_000.0))
+    got_replay = feed(replay, v, n, batch=1000, event_times_ms=times)
+    assert len(got_live) >= 3
+    assert [replace(a, fired_at=0) for a in got_live] == [replace(a, fired_at=0) for a in got_replay]
+    assert {a.fired_at for a in got_replay} == {2_000_000_000_000}
+
+
+def test_micro_batches_are_held_back_and_survive_a_restart(tmp_path):
+    c = centres(31)
+    rng = np.random.default_rng(32)
+    v, n = sample(rng, c, range(4), 2100)
+    mon = _monitor(tmp_path, min_batch=16)
+    feed(mon, v[:2000], n[:2000], flush=False)
+    for i in range(2000, 2010):  # single events: held back until 16 are queued
+        assert mon.observe(v[i : i + 1], norms=n[i : i + 1]) == []
+    assert mon.status()["queued"] == 10 and mon.n_seen == 2000
+    mon.close()  # the held-back events are saved with the state
+    again = _monitor(tmp_path, min_batch=16)
+    assert again.status()["queued"] == 10
+    again.observe(v[2010:2016], norms=n[2010:2016])
+    assert again.status()["queued"] == 0 and again.n_seen == 2016
+    # a batch held back too long in event time is processed at once
+    t0 = 1_767_225_600_000
+    again.observe(v[2016:2017], norms=n[2016:2017], event_times_ms=[t0])
+    assert again.status()["queued"] == 1
+    again.observe(v[2017:2018], norms=n[2017:2018], event_times_ms=[t0 + 1500])
+    assert again.status()["queued"] == 0 and again.n_seen == 2018
 
 
 def test_restart_resumes_without_warmup_or_spurious_alert(tmp_path):
@@ -159,6 +246,7 @@ def test_restart_resumes_without_warmup_or_spurious_alert(tmp_path):
     again = _monitor(tmp_path)
     assert not again.warming_up and again.n_seen == 5000
     np.testing.assert_array_equal(again.reference.signal_mean, ref_mean)
+    assert again._scan.null.hist_n > mon._scan.null.hist_n  # the scan's history survived
     v2, n2 = sample(rng, c, range(4), 30_000)
     assert feed(again, v2, n2) == []
     v3, n3 = sample(rng, c, (4, 5), 2000)
@@ -202,7 +290,7 @@ def test_alert_metadata_and_avro(tmp_path):
     assert len(a.example_doc_ids) == mon.config.max_examples
     assert all(int(d.split("-")[1]) in range(a.window_start_index, a.event_index + 1) for d in a.example_doc_ids)
     st = {s.signal: s for s in a.stats}
-    assert set(st) == set(mon.reference.names) and all(s.current_n == 200 for s in a.stats)
+    assert set(st) == set(mon.reference.names) and all(s.current_n == 200 for s in a.stats if s.signal != "shift")
     for s in a.stats:
         assert s.current_mean == pytest.approx(s.reference_mean + s.shift * s.reference_std)
     assert decode_alert(encode_alert(a)) == a
@@ -220,7 +308,7 @@ def test_invalid_rows_and_missing_norms(tmp_path):
     assert feed(mon, v[6000:]) == []  # no norms: lognorm is skipped, not an error
     assert mon.status()["invalid_vectors"] == 10
     with pytest.raises(ValueError, match="dimension"):
-        mon.observe(np.zeros((2, 10), np.float32))
+        mon.observe(np.zeros((20, 10), np.float32))
     with pytest.raises(ValueError, match="norms"):
         mon.observe(v[:3], norms=n[:2])
     with pytest.raises(ValueError, match=r"\(n, d\)"):
@@ -230,7 +318,7 @@ def test_invalid_rows_and_missing_norms(tmp_path):
 
 def test_rebaseline_closes_episode_and_learns_again(tmp_path):
     v, n = switch_stream(seed=11, n_before=6000, n_after=3000)
-    mon = _monitor(tmp_path, clear_after=100_000, warmup=2000)
+    mon = _monitor(tmp_path, clear_after=100_000)
     alerts = feed(mon, v[:6500], n[:6500])
     assert alerts and mon.episode is not None
     closing = mon.rebaseline()
@@ -244,10 +332,10 @@ def test_periodic_save_survives_a_crash(tmp_path):
     c = centres(61)
     rng = np.random.default_rng(62)
     v, n = sample(rng, c, range(4), 14_000)
-    mon = _monitor(tmp_path, save_every=5000, warmup=2000)
+    mon = _monitor(tmp_path, save_every=5000)
     feed(mon, v, n, batch=100)  # saves after the warm-up (2000), then at 7000 and 12000
     del mon  # no close(): the process died
-    again = _monitor(tmp_path, save_every=5000, warmup=2000)
+    again = _monitor(tmp_path, save_every=5000)
     assert not again.warming_up and again.n_seen == 12_000
     assert feed(again, *sample(rng, c, range(4), 10_000)) == []
 
@@ -261,12 +349,12 @@ def test_state_of_an_older_version_is_discarded(tmp_path):
     mon = _monitor(tmp_path)
     feed(mon, *sample(rng, c, range(4), w + 500))
     mon.close()
-    # rewrite the file as version 1 (the former `shift` signal): it cannot be resumed
+    # rewrite the file as version 2 (global thresholds, the former `shift` null): it cannot be resumed
     path = state_path(tmp_path, mon.key)
     with np.load(path) as d:
         arrays = {k: d[k] for k in d.files}
     meta = json.loads(arrays.pop("meta_json").tobytes().decode())
-    meta["version"] = 1
+    meta["version"] = 2
     arrays["meta_json"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     with open(path, "wb") as fh:
         np.savez(fh, **arrays)

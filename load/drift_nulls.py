@@ -1,0 +1,92 @@
+"""Raw alarms of real monitors on drift-free streams of narrow and broad collections of one part.
+
+    python -m load.drift_nulls --part tune                      # 10 x 100k events per collection
+    python -m load.drift_nulls --part tune --config shift_budget=1.25e-6
+
+For each collection (one topic of a pool, a fixed 1000-document subset, the whole pool), ``--streams``
+drift-free streams are resampled i.i.d. from it; each stream's monitor learns its own reference and
+thresholds from its own warm-up (app.drift.calibration.null_rates). Printed: raw detector alarms per
+signal, FIRED alerts, and the range of the `shift` thresholds the collections got. This is the
+check the scan's budget was chosen on (DRIFT.md section 4; tuning part only).
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse
+import json
+import sys
+import time
+import zlib
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from app.drift import DriftConfig
+from app.drift.calibration import null_rates
+from load import drift_data
+from load.drift_eval import parse_config
+
+COLLECTIONS = {
+    "tune": [("fortunes", "definitions"), ("fortunes", "people"), ("reuters", "acq"), ("reuters", "earn"),
+             ("reuters", 1000), ("fortunes", 1000), ("reuters", None), ("fortunes", None)],
+    "holdout": [("20ng", "rec.motorcycles"), ("20ng", "sci.med"), ("reuters", "acq"), ("fortunes", "people"),
+                ("20ng", 1000), ("foldoc", 1000), ("devil", None), ("20ng", None), ("foldoc", None)],
+}
+
+
+def _rows(pool, what):
+    if what is None:
+        return np.arange(len(pool))
+    if isinstance(what, int):
+        rng = np.random.default_rng(zlib.crc32(f"subset:{pool.name}:{what}".encode()))
+        return np.sort(rng.choice(len(pool), what, replace=False))
+    return pool.topic_index([what])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", choices=("tune", "holdout"), default="tune")
+    ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument("--streams", type=int, default=10)
+    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--config", default=None, help="other DriftConfig fields, e.g. shift_budget=1.25e-6")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    pools = drift_data.real_pools(part=args.part, variants=("int8",))
+    cfg = DriftConfig() if args.warmup is None else replace(DriftConfig(), warmup=args.warmup)
+    cfg = parse_config(args.config, cfg)
+    print(f"part {args.part}; warm-up {cfg.warmup}; shift budget {cfg.shift_budget}; {args.streams} x {args.events} "
+          "events per collection")
+    out, raw, fired, events = [], 0, 0, 0
+    for name, what in COLLECTIONS[args.part]:
+        if name not in pools:
+            continue
+        pool = pools[name]
+        idx = _rows(pool, what)
+        v, n = pool.variants["int8"]
+        t = time.perf_counter()
+        r = null_rates(v[idx], n[idx], config=cfg, streams=args.streams, events=args.events, seed=args.seed)
+        thr = [x.get("shift") for x in r["thresholds"]]
+        label = f"{name}:{'pool' + str(what) if isinstance(what, int) else what or 'all'}"
+        print(f"{label:24s} docs {len(idx):5d} raw {r['raw_alarms']:3d} ({r['raw_per_100k']:.2f}/100k) fired "
+              f"{r['fired']:3d} ({r['fired_per_100k']:.2f}/100k) {r['alarms_by_signal']} shift thr "
+              f"{np.min(thr):.2f}-{np.max(thr):.2f} {time.perf_counter() - t:.0f}s", flush=True)
+        out.append({"collection": label, "docs": int(len(idx)), **{k: r[k] for k in r if k != "thresholds"},
+                    "shift_thresholds": [float(np.min(thr)), float(np.max(thr))]})
+        raw, fired, events = raw + r["raw_alarms"], fired + r["fired"], events + r["live_events"]
+    print(f"all: raw {raw} ({raw / events * 1e5:.2f}/100k), fired {fired} ({fired / events * 1e5:.2f}/100k) in "
+          f"{events} events; {time.perf_counter() - t0:.0f}s")
+    if args.out:
+        args.out.write_text(json.dumps({"command": "python -m load.drift_nulls " + " ".join(argv or sys.argv[1:]),
+                                        "results": out}, indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""The encoder canary on the real ONNX model (int8, CPU) and its alerts through DriftStage."""
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from app.drift import AlertKind, DriftConfig
+from app.drift.canary import EncoderCanary, load_texts, read_reference, reference_path
+
+# the canary texts' worst cosine between fp32 and int8 vectors (deterministic: both encoders are
+# bit-exact run to run on this CPU, measured by python -m load.drift_canary --noise)
+WORST_FP32_VS_INT8 = 0.9641
+
+
+@pytest.fixture(scope="module")
+def int8():
+    from app.encoder import Encoder
+
+    return Encoder.load("int8", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def fp32():
+    from app.encoder import Encoder
+
+    return Encoder.load("fp32", device="cpu")
+
+
+class Swapped:
+    """The int8 encoder's fingerprint, provider and session, computing with another encoder."""
+
+    def __init__(self, real, other):
+        self.real, self.other, self.swapped = real, other, False
+        self.fingerprint, self.provider, self.model_dir, self.session = (real.fingerprint, real.provider,
+                                                                         real.model_dir, real.session)
+
+    def encode(self, texts):
+        return (self.other if self.swapped else self.real).encode(texts)
+
+
+def test_shipped_reference_matches_bit_for_bit(int8):
+    path = reference_path(int8.model_dir, int8.fingerprint, int8.provider)
+    vectors, meta = read_reference(path)
+    assert meta["fingerprint"] == int8.fingerprint and meta["texts"] == len(load_texts(int8.model_dir)) >= 12
+    assert meta["noise"]["max_abs_diff"] == 0.0  # int8 on CPU is deterministic (recorded with the reference)
+    res = EncoderCanary(int8).check()
+    assert res.reference == "shipped" and not res.changed
+    assert res.max_abs_diff == 0.0 and res.worst_cosine == pytest.approx(1.0, abs=1e-12)
+
+
+def test_the_other_variant_under_the_same_fingerprint_is_a_change(int8, fp32):
+    enc = Swapped(int8, fp32)
+    enc.swapped = True
+    res = EncoderCanary(enc).check()
+    assert res.changed and res.reference == "shipped"
+    assert round(res.worst_cosine, 4) == WORST_FP32_VS_INT8
+    assert res.max_abs_diff > 1e-3
+
+
+def test_a_tiny_change_is_caught_by_the_coordinate_tolerance(int8):
+    class Nudged(Swapped):
+        def encode(self, texts):
+            v = self.real.encode(texts).copy()
+            v[0, 0] += 1e-5  # 1 - cosine ~1e-10: under the cosine tolerance, over the coordinate one
+            return v
+
+    res = EncoderCanary(Nudged(int8, None)).check()
+    assert res.changed and 1.0 - res.worst_cosine < res.tolerance and res.max_abs_diff > res.abs_tolerance
+
+
+def test_no_shipped_reference_records_a_local_one(int8, tmp_path):
+    class OnGpu(Swapped):
+        pass
+
+    enc = OnGpu(int8, None)
+    enc.provider = "CUDAExecutionProvider"  # nothing recorded for it here
+    first = EncoderCanary(enc, state_dir=tmp_path).check()
+    assert first.reference == "recorded-now" and not first.changed
+    assert reference_path(tmp_path, enc.fingerprint, enc.provider).exists()
+    again = EncoderCanary(enc, state_dir=tmp_path)
+    assert again.reference_kind == "local" and not again.check().changed
+
+
+def _batch(v, start):
+    n = len(v)
+    return SimpleNamespace(vectors=v, norms=np.ones(n, np.float32), vector_doc_ids=[f"d{start + i}" for i in range(n)],
+                           vector_records=[SimpleNamespace(partition=0, offset=start + i, timestamp_ms=1000 * (start + i))
+                                           for i in range(n)])
+
+
+def test_drift_stage_reports_a_silent_encoder_change_within_one_canary_period(int8, fp32, tmp_path):
+    from app.alerts import DriftStage, decode_alert_message, encode_alert_message, format_alert
+
+    enc = Swapped(int8, fp32)
+    rng = np.random.default_rng(0)
+    stage = DriftStage(enc.fingerprint, "docs", tmp_path, DriftConfig(warmup=1000), encoder=enc, canary_every=8)
+    got = []
+    for b in range(40):
+        if b == 13:
+            enc.swapped = True  # the encoder silently computes something else from batch 13 on
+        v = rng.normal(size=(16, 384)).astype(np.float32)
+        got.append((b, stage.observe(_batch(v / np.linalg.norm(v, axis=1, keepdims=True), b * 16))))
+    changed = [(b, a) for b, alerts in got for a in alerts if a.kind is AlertKind.ENCODER_CHANGED]
+    # the checks after batches 7, 15, 23, ...: found with batch 15 (within one period of 8), reported once
+    assert [b for b, _ in changed] == [15]
+    a = changed[0][1]
+    assert a.canary.reason == "periodic" and round(a.canary.worst_cosine, 4) == WORST_FP32_VS_INT8
+    assert a.severity.value == "CRITICAL" and a.kafka_key == f"{int8.fingerprint}/docs".encode()
+    assert decode_alert_message(encode_alert_message(a)) == a
+    assert "canary: worst cosine 0.96" in format_alert(a)
+    # a reload is checked at once, with the next batch
+    enc.swapped = False
+    stage.encoder_reloaded()
+    checks = stage.canary.checks
+    assert stage.observe(_batch(v, 999)) == []
+    assert stage.canary.checks == checks + 1 and not stage.canary.last.changed
+
+
+def test_drift_stage_start_up_check_is_returned_with_the_first_batch(int8, fp32, tmp_path):
+    from app.alerts import DriftStage
+
+    enc = Swapped(int8, fp32)
+    enc.swapped = True
+    stage = DriftStage(enc.fingerprint, "docs", tmp_path, encoder=enc, canary_every=64)
+    first = stage.observe(_batch(np.eye(4, 384, dtype=np.float32), 0))
+    assert [a.kind for a in first] == [AlertKind.ENCODER_CHANGED] and first[0].canary.reason == "start-up"
+    assert stage.observe(_batch(np.eye(4, 384, dtype=np.float32), 4)) == []
