@@ -155,6 +155,12 @@ class DriftStage:
             alerts, self._pending = alerts + self._pending, []
         return alerts
 
+    def flush(self) -> list[DriftAlert]:
+        """Alerts not returned yet: a pending canary alert (start-up) and those of the events the
+        monitor's micro-batching held back. The worker calls this when no event is waiting."""
+        alerts, self._pending = self._pending, []
+        return alerts + self.monitor.flush()
+
     def close(self) -> None:
         try:
             self.monitor.close()

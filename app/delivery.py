@@ -107,7 +107,7 @@ class Delivery:
         watcher = asyncio.ensure_future(self._watch())
         try:
             async for batch in self.source.batches(self.config.max_events, self.config.linger_s,
-                                                   on_idle=self._settle):
+                                                   on_idle=self._idle):
                 if self._stopping:
                     break
                 batch = self._admit(batch)
@@ -181,6 +181,17 @@ class Delivery:
         prepare.add_done_callback(release)
 
     # -- settling a written batch -----------------------------------------------------------
+    async def _idle(self) -> None:
+        """Nothing buffered: settle the batch being written, then publish what the drift stage
+        still holds - events its micro-batching kept back, a canary alert from start-up - so a
+        quiet stream does not delay them until the next event. In the store thread, where the
+        drift stage always runs (it is not thread-safe)."""
+        await self._settle()
+        flush = getattr(self.drift, "flush", None)
+        if flush is not None and self._in_flight is None and not self._stopping:
+            alerts = await asyncio.get_running_loop().run_in_executor(self.store_pool, flush)
+            await self._publish_alerts(alerts)
+
     async def _settle(self) -> None:
         """Wait for the batch being written; publish its alerts and dead letters; ack it."""
         f = self._in_flight
@@ -247,7 +258,8 @@ class Delivery:
                         ",".join(a.signals), a.message)
             if self.metrics is not None:
                 self.metrics.drift_alerts.labels(a.kind.value, a.severity.value).inc()
-                self.metrics.drift_active.set(1 if a.kind.value == "FIRED" else 0)
+                if a.kind.value in ("FIRED", "CLEARED"):  # an episode opens or closes (not ENCODER_CHANGED)
+                    self.metrics.drift_active.set(1 if a.kind.value == "FIRED" else 0)
 
     def _observe(self, batch: Batch, result, elapsed: float, acked: set[TP]) -> None:
         m = self.metrics

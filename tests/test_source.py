@@ -369,3 +369,46 @@ def test_store_failures_make_the_worker_unready_only_when_they_last():
     assert not h.ready and "timeout again" in h.report()["checks"]["store"]["detail"]
     h.succeeded("store")
     assert h.ready
+
+
+def _alert():
+    from app.drift.alert import AlertKind, DriftAlert, Severity
+
+    return DriftAlert(alert_id="a1", kind=AlertKind.ENCODER_CHANGED, severity=Severity.CRITICAL,
+                      model_fingerprint="m:int8:abc", collection="docs", episode_id="e1", sequence=0,
+                      detector="canary", signals=["canary"], triggers=[], fired_at=1_700_000_123_456,
+                      event_time=0, event_index=0, episode_start_index=0, window_start_index=0, offsets=[],
+                      stats=[], example_doc_ids=[], events_observed=0, message="encoder changed")
+
+
+def test_an_idle_worker_publishes_what_the_drift_stage_still_holds():
+    """The drift stage batches single events and keeps a start-up canary alert until it is asked:
+    when no event waits, the loop flushes it (in the store thread) and publishes the alerts."""
+    import threading
+
+    class HeldBack:
+        def __init__(self):
+            self.threads: set[str] = set()
+            self.flushed = 0
+
+        def observe(self, result):
+            self.threads.add(threading.current_thread().name)
+            return []
+
+        def flush(self):
+            self.threads.add(threading.current_thread().name)
+            self.flushed += 1
+            return [_alert()] if self.flushed == 1 else []
+
+    async def main():
+        src, proc = MemorySource([P0]), FakeProcessor()
+        d = delivery(src, proc)
+        d.drift = stage = HeldBack()
+        src.append(rec(0, "k0"))
+        task = asyncio.ensure_future(d.run())
+        await until(lambda: any(s[0] == "alerts" for s in src.sent))
+        assert src.acked == {P0: 1} and stage.flushed >= 1
+        assert all(t.startswith("store") for t in stage.threads), stage.threads
+        src.stop()
+        await task
+    run(main())
