@@ -298,10 +298,15 @@ class EventCodec:
         if len(value) < 5:
             raise DecodeError("truncated", "Confluent header is 5 bytes")
         from confluent_kafka.serialization import MessageField, SerializationContext
+        from confluent_kafka.schema_registry import topic_subject_name_strategy
         from confluent_kafka.schema_registry.avro import AvroDeserializer
 
         if self._confluent_de is None:
-            self._confluent_de = AvroDeserializer(self.registry, self._schema_str)
+            # the subject is named, not looked up: the client's default asks the registry for
+            # "associations" on every record's first decode (Apicurio answers 404), and once in
+            # a few runs the decode then hung (see the serializer above)
+            self._confluent_de = AvroDeserializer(self.registry, self._schema_str,
+                                                  conf={"subject.name.strategy": topic_subject_name_strategy})
         schema_id = struct.unpack(">I", value[1:5])[0]
         try:
             # the writer schema first (the client caches it): a registry failure is told apart from
