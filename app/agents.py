@@ -268,9 +268,12 @@ class FaustSource:
             log.warning("commit failed (%s); the records will be redelivered", exc)
 
     # -- producing ---------------------------------------------------------------------------
-    async def send(self, topic: str, key, value, headers=()) -> None:
-        fut = await self.topics[topic].send(key=key, value=value, headers=list(headers) or None)
-        await fut
+    async def send(self, topic: str, records) -> None:
+        # each record is handed to the producer before the next (gather could reorder them: Faust's
+        # send awaits before it enqueues), then all acknowledgements are awaited together
+        futs = [await self.topics[topic].send(key=key, value=value, headers=list(headers) or None)
+                for key, value, headers in records]
+        await asyncio.gather(*futs)
 
     # -- assignment -----------------------------------------------------------------------------
     def assignment(self) -> set[TP]:

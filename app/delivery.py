@@ -230,9 +230,8 @@ class Delivery:
         ok = set(batch.partitions) - set(self.tripped)
         letters = [d for d in result.dead_letters if tp_of(d.record) in ok]
         if letters:
-            futures = [self.source.send(self.config.dlq_topic, d.record.key, d.record.value,
-                                        d.headers(self.config.app_id)) for d in letters]
-            await asyncio.gather(*futures)
+            await self.source.send(self.config.dlq_topic, [(d.record.key, d.record.value, d.headers(self.config.app_id))
+                                                           for d in letters])
             for d in letters:
                 log.warning("dead letter %s:%d@%d reason=%s %s", d.record.topic, d.record.partition,
                             d.record.offset, d.reason, d.detail[:200])
@@ -251,8 +250,7 @@ class Delivery:
             return
         from app.alerts import encode_alert_message
 
-        await asyncio.gather(*[self.source.send(self.config.alerts_topic, a.kafka_key, encode_alert_message(a))
-                               for a in alerts])
+        await self.source.send(self.config.alerts_topic, [(a.kafka_key, encode_alert_message(a), ()) for a in alerts])
         for a in alerts:
             log.warning("drift alert %s %s %s on %s: %s", a.kind.value, a.severity.value, a.collection,
                         ",".join(a.signals), a.message)

@@ -108,9 +108,11 @@ class BatchSource(Protocol):
     async def ack(self, batch: Batch, tps: Iterable[TP] | None = None) -> None:
         """The store acknowledged ``batch`` (its records of ``tps``, default all): they may be committed."""
 
-    async def send(self, topic: str, key: bytes | None, value: bytes | None,
-                   headers: Sequence[tuple[str, bytes]] = ()) -> None:
-        """Produce one record and wait for the broker's acknowledgement (raises on failure)."""
+    async def send(self, topic: str, records: Sequence[tuple[bytes | None, bytes | None, Sequence[tuple[str, bytes]]]]
+                   ) -> None:
+        """Produce ``records`` ((key, value, headers) each) to ``topic`` in this order, and wait for
+        the broker's acknowledgement of all of them (raises on failure). Order matters: an alert
+        consumer reads an episode's alerts in sequence."""
 
     def abandon(self, batch: Batch, tps: Iterable[TP] | None = None) -> None:
         """``batch`` (on ``tps``, default all) will never be acked: nothing after it is acked either."""
@@ -316,12 +318,12 @@ class MemorySource:
     def acked_position(self, tp: TP) -> int | None:
         return self.tracker.position(tp)
 
-    async def send(self, topic, key, value, headers=()) -> None:
+    async def send(self, topic, records) -> None:
         await asyncio.sleep(0)
         if self.fail_sends > 0:
             self.fail_sends -= 1
             raise SendFailed(f"broker did not acknowledge a record to {topic}")
-        self.sent.append((topic, key, value, tuple(headers)))
+        self.sent.extend((topic, key, value, tuple(headers)) for key, value, headers in records)
 
     async def commit(self) -> None:
         for tp, pos in self.acked.items():

@@ -297,3 +297,27 @@ def test_faust_acks_only_count_for_records_the_store_acknowledged(broker, settin
     consumer.approve(processed)                      # FaustSource.ack, after the store acknowledged
     assert processed.ack(consumer) is True
     assert consumer._acked[tp] == [8]
+
+
+def test_records_are_handed_to_the_producer_in_order_even_when_a_send_awaits_first():
+    """Two alerts of one episode (WARNING #0, then CRITICAL #1) must reach the alerts topic in that
+    order. Faust's ``topic.send`` may await (declaring the topic, a full buffer) before it enqueues,
+    so sending them side by side with ``gather`` let a later alert overtake an earlier one (seen in
+    ``demo --drift``: #1 printed before #0)."""
+    from app.agents import FaustSource
+
+    enqueued = []
+
+    class SlowFirstTopic:
+        async def send(self, key, value, headers=None):
+            if not enqueued and key == b"a":
+                await asyncio.sleep(0.05)  # the first send is the slow one
+            enqueued.append(key)
+            fut = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_later(0.01, fut.set_result, None)
+            return fut
+
+    src = FaustSource.__new__(FaustSource)
+    src.topics = {"alerts": SlowFirstTopic()}
+    asyncio.run(src.send("alerts", [(b"a", b"1", ()), (b"b", b"2", ()), (b"c", b"3", [("h", b"v")])]))
+    assert enqueued == [b"a", b"b", b"c"]
