@@ -64,6 +64,46 @@ def to_record(event) -> Record:
                   headers=_headers(m), timestamp_ms=int((m.timestamp or 0) * 1000))
 
 
+def unknown_subscribed_topics(consumer) -> set[str]:
+    """Topics the aiokafka ``consumer`` subscribes to that its cluster metadata has no partitions for."""
+    cluster = consumer._client.cluster
+    return {t for t in (consumer.subscription() or ()) if not cluster.partitions_for_topic(t)}
+
+
+async def refresh_until_topics_known(consumer, *, first_s: float = 0.5, max_s: float = 5.0,
+                                     warn_every_s: float = 60.0) -> None:
+    """Refresh ``consumer``'s metadata (backing off up to ``max_s``) until every subscribed topic has
+    partitions in it, then return: the group coordinator sees the change and rejoins the group.
+
+    Why: the group leader assigns only the partitions its metadata knows. Right after a broker
+    restart Kafka may answer metadata without the topic (its partitions are still loading), and the
+    assignor then skips it ("Ignoring missing topic") - every member gets nothing. aiokafka would
+    rejoin when the topic reappears in its metadata, but refreshes that only every
+    ``metadata_max_age_ms`` (5 minutes): the worker sat idle, assigned nothing, while lag grew
+    (seen in the broker-restart crash test on real Kafka).
+    """
+    delay, warned = first_s, -warn_every_s
+    while not consumer._closed:
+        missing = unknown_subscribed_topics(consumer)
+        if not missing:
+            if warned >= 0:
+                log.warning("topic(s) back in the broker's metadata: %s; rejoining the group", ", ".join(sorted(
+                    consumer.subscription() or ())))
+            return
+        now = time.monotonic()
+        if now - warned >= warn_every_s:
+            log.warning("subscribed topic(s) %s missing from the broker's metadata at the assignment "
+                        "(a broker restarting, or the topic deleted); refreshing metadata until they are back",
+                        ", ".join(sorted(missing)))
+            warned = now
+        await asyncio.sleep(delay)
+        delay = min(max_s, delay * 2)
+        try:
+            await asyncio.wait_for(consumer._client.force_metadata_update(), timeout=max(10.0, max_s))
+        except Exception as exc:  # unreachable broker: try again after the next delay
+            log.debug("metadata refresh failed: %r", exc)
+
+
 def _transport(fetch_max_wait_ms: int, idempotent: bool) -> type:
     """Faust's aiokafka transport with the worker consumer's ``fetch_max_wait_ms`` configurable and,
     optionally, an idempotent producer (dead letters and alerts: no duplicates from retries).
@@ -79,6 +119,14 @@ def _transport(fetch_max_wait_ms: int, idempotent: bool) -> type:
             # AIOKafkaConsumer.start() hands this to its Fetcher (checked in tests/test_agents.py)
             consumer._fetch_max_wait_ms = fetch_max_wait_ms
             return consumer
+
+        async def on_partitions_assigned(self, assigned, generation_id: int = 0) -> None:
+            # in the consumer thread's loop, inside aiokafka's rebalance callback
+            consumer = self._ensure_consumer()
+            task = getattr(self, "_embedstream_md_task", None)
+            if (task is None or task.done()) and unknown_subscribed_topics(consumer):
+                self._embedstream_md_task = asyncio.ensure_future(refresh_until_topics_known(consumer))
+            await super().on_partitions_assigned(assigned, generation_id)
 
     class Consumer(_aiokafka_driver.Consumer):
         """Only acks the delivery loop made count (see :meth:`approve`).

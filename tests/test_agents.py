@@ -321,3 +321,57 @@ def test_records_are_handed_to_the_producer_in_order_even_when_a_send_awaits_fir
     src.topics = {"alerts": SlowFirstTopic()}
     asyncio.run(src.send("alerts", [(b"a", b"1", ()), (b"b", b"2", ()), (b"c", b"3", [("h", b"v")])]))
     assert enqueued == [b"a", b"b", b"c"]
+
+
+def test_a_topic_missing_from_metadata_at_the_assignment_is_waited_for_not_ignored_for_minutes(broker):
+    """Right after a broker restart, Kafka may answer metadata without a topic; the group leader
+    then assigns nothing ("Ignoring missing topic") and aiokafka notices the topic again only at the
+    next metadata refresh, 5 minutes later (the broker-restart crash test saw the worker idle with no
+    partitions for 3 minutes). A topic that appears after the join stands in for that here: with
+    ``refresh_until_topics_known`` the group rejoins and gets the partitions within seconds; without
+    it, nothing is assigned for as long as we wait."""
+    import uuid
+
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.abc import ConsumerRebalanceListener
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from app.agents import refresh_until_topics_known, unknown_subscribed_topics
+
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+
+    async def join_then_create(topic: str, watch: bool, wait_s: float) -> set:
+        joined = asyncio.Event()
+
+        class Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked):
+                pass
+
+            def on_partitions_assigned(self, assigned):
+                joined.set()
+
+        c = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=f"g-{topic}", session_timeout_ms=6000,
+                             heartbeat_interval_ms=1000)
+        await c.start()  # then subscribe, as Faust does (start() would wait for the topic)
+        try:
+            c.subscribe([topic], listener=Listener())
+            getter = asyncio.ensure_future(c.getmany(timeout_ms=200))
+            await asyncio.wait_for(joined.wait(), 30)
+            assert c.assignment() == set() and unknown_subscribed_topics(c) == {topic}
+            admin.create_topics([NewTopic(topic, 3, 1)])[topic].result(30)
+            watcher = asyncio.ensure_future(refresh_until_topics_known(c, first_s=0.2, max_s=1.0)) if watch else None
+            deadline = asyncio.get_running_loop().time() + wait_s
+            while not c.assignment() and asyncio.get_running_loop().time() < deadline:
+                if getter.done():
+                    getter = asyncio.ensure_future(c.getmany(timeout_ms=200))
+                await asyncio.sleep(0.2)
+            if watcher is not None:
+                assert watcher.done()
+            getter.cancel()
+            return {tp.partition for tp in c.assignment()}
+        finally:
+            await c.stop()
+
+    tag = uuid.uuid4().hex[:8]
+    assert asyncio.run(join_then_create(f"late-{tag}", watch=True, wait_s=30)) == {0, 1, 2}
+    assert asyncio.run(join_then_create(f"late-ctl-{tag}", watch=False, wait_s=10)) == set()
