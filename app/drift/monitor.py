@@ -60,6 +60,7 @@ import numpy as np
 
 from .alert import AlertKind, DriftAlert, PartitionRange, Severity, SignalStats, Trigger
 from .detectors import Alarm, DetectorBank, DetectorSpec
+from .lrv import ar_lrv_factor, window_factors
 from .nulls import RankScores, ph_threshold
 from .reference import (MonitorKey, Reference, StateVersionError, learn_reference, read_state, state_path,
                         write_state)
@@ -105,6 +106,9 @@ class DriftConfig:
     detectors: tuple[DetectorSpec, ...] = DEFAULT_DETECTORS
     #: rank scores against the collection's null sample (False: raw standardised signals, as before)
     rank_scores: bool = True
+    #: correct the nulls for the warm-up's serial dependence (long-run-variance factors,
+    #: app.drift.lrv; False: every factor 1, the exchangeable nulls as before)
+    lrv_correction: bool = True
     k_required: int = 1
     coincidence: int = 500
     critical_signals: int = 2
@@ -268,6 +272,10 @@ class DriftMonitor:
         self.bank: DetectorBank | None = None
         self.ranks: RankScores | None = None
         self._scan: ShiftScan | None = None
+        #: long-run-variance factors from the warm-up: per signal (rank scores are divided by
+        #: sqrt(f)) and per `shift` window (app.drift.lrv); ones = exchangeable
+        self.lrv_signals: np.ndarray | None = None
+        self.lrv_windows: np.ndarray | None = None
         self._warm_vecs: list[np.ndarray] = []
         self._warm_norms: list[np.ndarray] = []
         self._warm_count = 0
@@ -458,6 +466,10 @@ class DriftMonitor:
             meta["collect_from"] = None  # a settling window in progress restarts after a restart
             if self.ranks is not None:
                 arrays.update(self.ranks.to_arrays("ranks_"))
+            if self.lrv_signals is not None:
+                arrays["lrv_signals"] = self.lrv_signals
+            if self.lrv_windows is not None:
+                arrays["lrv_windows"] = self.lrv_windows
             if self._scan is not None:
                 # the scan's null with its live history and moments folded in; its windows restart
                 arrays["scan_null"] = self._scan.merged_null().to_array()
@@ -539,8 +551,35 @@ class DriftMonitor:
         self.reference_id = h.hexdigest()[:32]
         start = self.n_seen - len(z_hold)
         self._install_reference(ref, z_hold, recent_start=start)
+        if c.lrv_correction:
+            self._learn_lrv(vecs, norms, z_hold, start)
         self._set_null(z_hold, start)
         self.save()
+
+    def _learn_lrv(self, vecs: np.ndarray, norms: np.ndarray | None, z_hold: np.ndarray, start: int) -> None:
+        """Long-run-variance factors from the warm-up, in stream order (app.drift.lrv).
+
+        Rank-score signals: the fit part's signals scored against the held-out sample, and the
+        held-out sample's own scores - two segments, each centred on its own mean (the fit part's
+        signals are in-sample: their level may differ, their serial dependence does not). ``shift``:
+        the trace autocorrelation of the unit tail rows of both parts.
+        """
+        ref = self.reference
+        n_fit = len(vecs) - len(z_hold)
+        f_sig = np.ones(len(ref.names))
+        cols = self._ph_columns()
+        if self.config.rank_scores and cols and n_fit > 0:
+            ranks = RankScores(z_hold, cols, seed=self.config.seed)
+            z_fit = ref.signals(vecs[:n_fit], None if norms is None else norms[:n_fit])
+            s_fit = ranks.scores(z_fit, start - n_fit)
+            s_hold = ranks.own(z_hold, start)
+            for j in cols:
+                f_sig[j] = ar_lrv_factor([s_fit[:, j], s_hold[:, j]])
+        self.lrv_signals = f_sig
+        if self._scan is not None and self._scan.windows:
+            segs = [ref.basis.tail_units(vecs[:n_fit]), ref.basis.tail_units(vecs[n_fit:])]
+            self.lrv_windows = window_factors(segs, self._scan.windows)
+            self._scan.set_lrv(self.lrv_windows)
 
     def _ph_columns(self) -> list[int]:
         return [j for j, s in enumerate(self.signal_names) if s not in ONE_SIDED]
@@ -564,7 +603,7 @@ class DriftMonitor:
         c = self.config
         self.ranks = RankScores(rows, self._ph_columns(), seed=c.seed) if c.rank_scores else None
         self._new_bank(self.ranks.n if self.ranks is not None else len(rows))
-        prime = self.ranks.own(rows, start) if self.ranks is not None else rows
+        prime = self._lrv_scale(self.ranks.own(rows, start)) if self.ranks is not None else rows
         if len(prime):
             self.bank.update(prime, start=start)  # alarms while priming are discarded
         self.bank.reset_blocks()
@@ -578,7 +617,17 @@ class DriftMonitor:
                                  one_sided=ONE_SIDED, thresholds=thr)
 
     def _detector_input(self, z: np.ndarray, start: int) -> np.ndarray:
-        return self.ranks.scores(z, start) if self.ranks is not None else z
+        return self._lrv_scale(self.ranks.scores(z, start)) if self.ranks is not None else z
+
+    def _lrv_scale(self, scores: np.ndarray) -> np.ndarray:
+        """Rank scores divided by sqrt(f) of their signal: PageHinkley's cumulative sum then has the
+        long-run variance of the i.i.d. scores its threshold was tabulated for (app.drift.lrv)."""
+        f = self.lrv_signals
+        if f is None or not np.any(f > 1.0):
+            return scores
+        cols = [j for j in self._ph_columns() if f[j] > 1.0]
+        scores[:, cols] = scores[:, cols] / np.sqrt(f[cols])
+        return scores
 
     # ------------------------------------------------------------------ live
     def _observe_live(self, v, *, wm, norms, doc_ids, partitions, offsets) -> list[DriftAlert]:
@@ -919,11 +968,18 @@ class DriftMonitor:
             recent = np.asarray(arrays.get("recent_z", np.empty((0, len(ref.names)))), dtype=np.float64)
             recent_start = int(meta.get("recent_start", self.n_seen - len(recent)))
             self._install_reference(ref, recent, recent_start=recent_start)
+            # long-run-variance factors (states saved before them: 1, the exchangeable nulls)
+            if "lrv_signals" in arrays:
+                self.lrv_signals = np.asarray(arrays["lrv_signals"], dtype=np.float64)
+            if "lrv_windows" in arrays:
+                self.lrv_windows = np.asarray(arrays["lrv_windows"], dtype=np.float64)
             if "scan_null" in arrays and self._scan is not None:
                 self._scan = ShiftScan(self._scan.windows, self._scan.dim, ScanNull.from_array(arrays["scan_null"]),
                                        budget=self.config.shift_budget)
                 # the level the threshold rule watched before the restart (its bank is rebuilt on it)
                 self._scan.threshold = float(meta.get("scan_threshold", self._scan.threshold))
+            if self._scan is not None and self.lrv_windows is not None:
+                self._scan.set_lrv(self.lrv_windows)
             # the null in force when the state was saved, and detectors re-primed on the recent
             # (live) signals scored against it, so a restart does not fire
             self.ranks = RankScores.from_arrays(arrays, "ranks_") if "ranks_columns" in arrays else None

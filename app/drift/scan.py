@@ -276,6 +276,9 @@ class ShiftScan:
         self.live = ScanNull(dim)  # online accumulators (moments only)
         self.last_units = np.empty((0, dim))
         self.last_keys = np.empty(0, np.uint64)
+        #: long-run-variance factor f_W of each window (serial dependence of a bursty stream,
+        #: measured on the warm-up: app.drift.lrv.window_factors); 1 = exchangeable rows
+        self.lrv = np.ones(len(self.windows))
         self._alloc()
         self._refresh(0)
         self.threshold = self.thr  # the level the monitor's threshold rule watches
@@ -347,11 +350,9 @@ class ShiftScan:
         self.collision = (nl.dup[0] + lv.dup[0]) / pn if pn > 0 else 0.0
         self.dof = scan_dof(self.trace, self.tau2, self.tau3)
         self.thr = scan_threshold(self.dof, self.budget / max(len(self.windows), 1))
-        inv = 1.0 / self.N
         self._warr = np.array(self.windows, dtype=np.int64)
         self._pairs = self._warr * (self._warr - 1) / 2.0
-        self._mean0 = self._pairs * (self.trace * inv - self.collision)
-        self._sd = np.sqrt(self._pairs * self.tau2 * (1 + 2 * (self._warr - 1) * inv + 2 * self._pairs * inv**2))
+        self._normalisers()
         f = self._fill
         self._Rm[:f] = np.einsum("ij,j->i", self._rows[:f], self.m)
         self._Pm[: f + 1] = np.einsum("ij,j->i", self._P[: f + 1], self.m)
@@ -395,6 +396,25 @@ class ShiftScan:
         lv.h3[1] += float(tri.sum())
 
     # -------------------------------------------------------------- state
+    def _normalisers(self) -> None:
+        """Null mean and sd of each window's ``U_W`` from the current moments and ``lrv``."""
+        inv = 1.0 / self.N
+        self._mean0 = self._pairs * (self.trace * inv - self.collision)
+        self._sd = np.sqrt(self._pairs * self.tau2 * (1 + 2 * (self._warr - 1) * inv + 2 * self._pairs * inv**2))
+        # serial dependence (bursty streams): pairs k apart add tr(C) rho_k each, i.e.
+        # tr(C) W (f_W - 1) / 2 in all, and the spread of the window sum grows by f_W (app.drift.lrv);
+        # with every f_W = 1 the same bits as without
+        self._mean0 = self._mean0 + self.trace * self._warr * (self.lrv - 1.0) / 2.0
+        self._sd = self._sd * self.lrv
+
+    def set_lrv(self, factors) -> None:
+        """Set the windows' long-run-variance factors (None: 1; floored at 1) and renormalise."""
+        f = np.ones(len(self.windows)) if factors is None else np.asarray(factors, dtype=np.float64).reshape(-1)
+        if len(f) != len(self.windows):
+            raise ValueError(f"{len(f)} factors for {len(self.windows)} windows")
+        self.lrv = np.maximum(np.where(np.isfinite(f), f, 1.0), 1.0)
+        self._normalisers()
+
     def merged_null(self) -> ScanNull:
         """The null with this scan's history and online moments folded in (for saving / restarting)."""
         out = self.null.copy()

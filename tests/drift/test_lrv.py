@@ -1,0 +1,100 @@
+"""Long-run-variance correction of the nulls (app/drift/lrv.py): bursty drift-free streams."""
+from dataclasses import replace
+
+import numpy as np
+
+from app.drift import DriftConfig, DriftMonitor
+from app.drift.lrv import ar_lrv_factor, window_factors
+from app.drift.reference import state_path
+
+from .synth import centres, feed, sample
+
+KEY = ("model:int8:abc", "bursty")
+
+
+def bursty(rng, c, which, n, mean_run=20.0):
+    """Drift-free but serially dependent: same-topic runs of geometric length (mean ``mean_run``)."""
+    lengths = rng.geometric(1 / mean_run, size=n)
+    topics = rng.choice(list(which), size=n)
+    lab = np.repeat(topics, lengths)[:n]
+    v = c[lab] + rng.normal(size=(n, c.shape[1]))
+    nr = np.linalg.norm(v, axis=1)
+    return (v / nr[:, None]).astype(np.float32), nr.astype(np.float32)
+
+
+def test_ar_factor_is_one_for_iid_and_the_long_run_variance_for_ar1():
+    rng = np.random.default_rng(1)
+    iid = [round(ar_lrv_factor([rng.normal(size=2000)]), 2) for _ in range(20)]
+    assert max(iid) <= 1.2 and np.median(iid) == 1.0
+    phi, fs = 0.7, []
+    for _ in range(20):
+        e = rng.normal(size=3000)
+        x = np.empty_like(e)
+        x[0] = e[0]
+        for t in range(1, len(e)):
+            x[t] = phi * x[t - 1] + e[t]
+        fs.append(ar_lrv_factor([x[1000:2000], x[2000:]]))  # two segments, each centred on its own
+    assert 4.0 < np.median(fs) < 7.5  # (1 + phi) / (1 - phi) = 5.67
+    assert ar_lrv_factor([np.ones(500)]) == 1.0 and ar_lrv_factor([rng.normal(size=20)]) == 1.0
+
+
+def test_window_factors_see_runs_of_a_common_direction():
+    rng = np.random.default_rng(2)
+    n, d = 4000, 30
+    level = np.repeat(rng.normal(size=(n, d)), rng.geometric(0.1, size=n), axis=0)[:n]  # runs of mean 10
+    u = rng.normal(size=(n, d)) + 0.5 * level
+    keys = np.arange(n, dtype=np.uint64)
+    f = window_factors([(u, keys)], (8, 64))
+    # rho_k = 0.2 * 0.9^k: f_8 = 1 + 2 sum_{k<8} (1 - k/8) rho_k = 2.04, f_64 = 4.0
+    assert 1.7 < f[0] < 2.4 and 3.3 < f[1] < 4.8
+    assert np.all(window_factors([(rng.normal(size=(n, d)), keys)], (8, 64)) < 1.1)
+
+
+def test_bursty_stream_gets_factors_above_one_and_no_pagehinkley_alarm(tmp_path):
+    # same topic mix as an i.i.d. stream, but in runs of mean 20: without the correction every
+    # PageHinkley signal fires again and again; with it, none does. An i.i.d. stream gets f = 1.
+    # (The `shift` scan is not covered: its warm-up factors do not see this dependence - DRIFT.md 8.)
+    c = centres(91)
+    v, n = bursty(np.random.default_rng(92), c, range(6), 22_000)
+    raw = DriftMonitor(KEY, tmp_path / "raw", config=replace(DriftConfig(), lrv_correction=False))
+    raw_alerts = feed(raw, v, n, batch=256)
+    ph = lambda m: sum(k for s, k in m.status()["alarms_by_signal"].items() if s != "shift")  # noqa: E731
+    assert raw.lrv_signals is None and ph(raw) >= 100 and len(raw_alerts) >= 10
+    mon = DriftMonitor(KEY, tmp_path / "lrv")
+    alerts = feed(mon, v, n, batch=256)
+    names = mon.signal_names
+    f = dict(zip(names, mon.lrv_signals.round(2).tolist()))
+    assert f["shift"] == 1.0  # not a rank-score signal: the scan has its own factors
+    assert min(f[s] for s in ("centroid", "axis1", "nearest")) > 3.0, f
+    assert ph(mon) == 0 and len(alerts) < len(raw_alerts) / 4
+
+    iid = DriftMonitor(KEY, tmp_path / "iid")
+    feed(iid, *sample(np.random.default_rng(93), c, range(6), 2000))
+    assert np.all(iid.lrv_signals <= 1.1) and np.all(iid.lrv_windows < 1.1)
+
+
+def test_factors_are_saved_and_old_states_load_with_factor_one(tmp_path):
+    c = centres(94)
+    rng = np.random.default_rng(95)
+    v, n = bursty(rng, c, range(6), 2500)
+    mon = DriftMonitor(KEY, tmp_path)
+    feed(mon, v, n)
+    mon.lrv_windows = np.array([1.0, 1.5, 2.0, 2.5, 3.0])  # as if measured; the scan takes it on restart
+    mon.close()
+    again = DriftMonitor(KEY, tmp_path)
+    np.testing.assert_array_equal(again.lrv_signals, mon.lrv_signals)
+    np.testing.assert_array_equal(again._scan.lrv, [1.0, 1.5, 2.0, 2.5, 3.0])
+    # the same detector input as before the restart
+    z = again._rz[-64:]
+    np.testing.assert_array_equal(again._detector_input(z.copy(), 0), mon._detector_input(z.copy(), 0))
+
+    # a state file written before the factors existed: factor 1 everywhere
+    path = state_path(tmp_path, mon.key)
+    with np.load(path) as d:
+        arrays = {k: d[k] for k in d.files if not k.startswith("lrv_")}
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+    old = DriftMonitor(KEY, tmp_path)
+    assert not old.warming_up and old.lrv_signals is None and np.all(old._scan.lrv == 1.0)
+    z = old._rz[-64:]
+    np.testing.assert_array_equal(old._detector_input(z.copy(), 0), old.ranks.scores(z.copy(), 0))
