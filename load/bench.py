@@ -60,7 +60,7 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from load.procs import exit_on_sigterm, stop_process
+from load.procs import cpu_model, exit_on_sigterm, stop_process
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -594,7 +594,7 @@ class Bench:
         threads = s.encoder_threads or os.cpu_count() or 1
         R["machine"] = {
             "nproc": os.cpu_count(), "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "cpu_model": _cpu_model(), "mem_total_gib": _mem_gib(), "platform": platform.platform(),
+            "cpu_model": cpu_model(), "mem_total_gib": _mem_gib(), "platform": platform.platform(),
             "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
             "provider": encoder.provider, "model_fingerprint": encoder.fingerprint, "model_variant": encoder.variant,
             "encoder_threads": threads, "encoder_max_rows_per_call": encoder.max_rows,
@@ -957,14 +957,6 @@ def _latency_timeline(sent_log, times: dict[str, int]) -> list[list]:
     return [[sec, len(v), round(_pct(v, 50)), max(v)] for sec, v in sorted(per.items())]
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _mem_gib() -> float | None:

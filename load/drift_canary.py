@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from app.drift.canary import compare, load_texts, reference_path, texts_digest, write_reference
+from load.procs import cpu_model
 
 VARIANTS = ("int8", "fp32")
 
@@ -46,14 +47,6 @@ def _encoder(variant: str, **kw):
     return Encoder.load(variant=variant, device="cpu", **kw)
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _child(variant: str) -> None:
@@ -108,7 +101,7 @@ def record(variants=VARIANTS, log=print) -> list[Path]:
                 "source": "python -m load.drift_canary --record",
                 "versions": {"onnxruntime": onnxruntime.__version__, "tokenizers": tokenizers.__version__,
                              "numpy": np.__version__, "python": platform.python_version()},
-                "cpu": _cpu()}
+                "cpu": cpu_model()}
         path = reference_path(enc.model_dir, enc.fingerprint, enc.provider)
         write_reference(path, ref, meta)
         log(f"wrote {path} ({len(texts)} texts; noise 1-cos {noise['max_cosine_distance']:.2e}, "

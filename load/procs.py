@@ -1,8 +1,10 @@
-"""Child-process helpers shared by the load tools and the tests."""
+"""Child-process and machine helpers shared by the load tools and the tests."""
 from __future__ import annotations
 
+import platform
 import signal
 import subprocess
+from pathlib import Path
 
 
 def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60.0) -> bool:
@@ -29,3 +31,14 @@ def exit_on_sigterm() -> None:
     def handler(signum, frame):
         raise SystemExit(128 + signum)
     signal.signal(signal.SIGTERM, handler)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``), for benchmark and reference records."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
