@@ -510,7 +510,7 @@ def cmd_demo(args) -> int:
                   f"logs: {data / 'worker.log'}, {data / 'broker.log'}")
             print(f"search again: EMBEDSTREAM_DATA_DIR={data} embedstream search \"your question\"")
             if args.drift:
-                return _demo_drift(s, broker.bootstrap, docs, worker, data, args.timeout)
+                return _demo_drift(s, broker.bootstrap, docs, worker, data, args.timeout, store)
             return 0
         finally:
             _stop(worker)
@@ -520,13 +520,16 @@ def cmd_demo(args) -> int:
 DEMO_DRIFT_WARMUP = 1000
 
 
-def _demo_drift(s: Settings, bootstrap: str, docs: list[dict], worker, data: Path, timeout: float) -> int:
+def _demo_drift(s: Settings, bootstrap: str, docs: list[dict], worker, data: Path, timeout: float, store) -> int:
     """``demo --drift``: a topic switch through Kafka, until the worker publishes a drift alert.
 
     Events are two sentences of the bundled corpus: first about astronomy and computer networking
     (the drift monitor learns its reference on the first DEMO_DRIFT_WARMUP vectors, the 60 demo
-    documents' chunks included), then about cooking and medieval history. The worker's drift monitor
-    fires a few dozen events after the switch; ``embedstream alerts`` prints the alert.
+    documents' chunks included), then about cooking and medieval history. The switched events are
+    produced once the worker has indexed the others: the changes topic has 8 partitions, read side
+    by side, so events produced together reach the monitor in another order than they were
+    produced (a partition read ahead would bring switched events early). The worker's drift
+    monitor fires a few dozen events after the switch; ``embedstream alerts`` prints the alert.
     """
     import random
     import re
@@ -543,13 +546,33 @@ def _demo_drift(s: Settings, bootstrap: str, docs: list[dict], worker, data: Pat
     stable, switched = DEMO_DRIFT_WARMUP + 100, 300
     lines = [json.dumps({"doc_id": f"drift-{i:04d}", "text": " ".join(rng.sample(before if i < stable else after, 2)),
                          "version": 1}) for i in range(stable + switched)]
-    print(f"6/6 drift: producing {stable} events about astronomy and networking, then {switched} about cooking and "
-          f"medieval history (the worker learns its drift reference on the first {DEMO_DRIFT_WARMUP} vectors)",
+    print(f"6/6 drift: producing {stable} events about astronomy and networking, then, once they are indexed, "
+          f"{switched} about cooking and medieval history (the worker learns its drift reference on the first "
+          f"{DEMO_DRIFT_WARMUP} vectors)",
           flush=True)
     env = {**os.environ, "EMBEDSTREAM_BOOTSTRAP_SERVERS": bootstrap}
-    rc = subprocess.run([sys.executable, "-m", "app", "produce", "-"], input="\n".join(lines).encode(), env=env,
-                        stdout=subprocess.DEVNULL).returncode
-    if rc:
+
+    def produce(part) -> int:
+        return subprocess.run([sys.executable, "-m", "app", "produce", "-"], input="\n".join(part).encode(), env=env,
+                              stdout=subprocess.DEVNULL).returncode
+
+    if rc := produce(lines[:stable]):
+        return rc
+    started, want, indexed, last = time.monotonic(), len(docs) + stable, 0, -1
+    while indexed < want:  # the stable part is through the monitor before the switch is produced
+        if worker.poll() is not None:
+            print(f"worker died (code {worker.returncode}); see {data / 'worker.log'}", file=sys.stderr)
+            return 1
+        if time.monotonic() - started > timeout:
+            print(f"timed out after {timeout:.0f}s with {indexed - len(docs)}/{stable} indexed; "
+                  f"see {data / 'worker.log'}", file=sys.stderr)
+            return 1
+        indexed = store.count_documents()
+        if indexed != last:
+            _progress(max(0, indexed - len(docs)), stable, started, "    indexed")
+            last = indexed
+        time.sleep(0.25)
+    if rc := produce(lines[stable:]):
         return rc
     started = time.monotonic()
     while time.monotonic() - started < timeout:

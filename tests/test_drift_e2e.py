@@ -70,11 +70,7 @@ def test_demo_drift_ends_with_the_drift_alert_printed_by_embedstream_alerts(tmp_
     alerts = out.split("$ embedstream alerts", 1)[1]
     assert "FIRED" in alerts and "Embedding drift" in alerts, alerts
     fired_at = int(re.search(r"at event (\d+)", alerts).group(1))
-    # the changes topic has 8 partitions and the worker reads them side by side, so the monitor's
-    # event index is not the production order: a partition read ahead brings switched events early.
-    # What must hold: no alert from the warm-up or the stable part's noise (the examples it names are
-    # switched events, drift-1100 and up), and it fires before the switched events run out
+    # the demo produces the switched events once the others are indexed, so the monitor's event
+    # index (consumption order over 8 partitions) has every stable event before any switched one
     switch = chunks + 1100  # the demo's 1100 events about astronomy and networking come after the chunks
-    examples = re.findall(r"drift-(\d{4})", alerts.split("e.g.", 1)[1].splitlines()[0])
-    assert examples and all(int(x) >= 1100 for x in examples), alerts
-    assert 1000 <= fired_at < switch + 300, (switch, fired_at)  # 1000: the demo's drift warm-up
+    assert switch <= fired_at < switch + 300, (switch, fired_at)
