@@ -183,19 +183,20 @@ class EncoderCanary:
                 return local[0], "local", local[1]
         return None, "none", {}
 
+    def _tolerance(self, override: float | None, noise_key: str, floor: float) -> float:
+        """``override``, else NOISE_FACTOR x the reference's measured noise ``noise_key``, at least ``floor``."""
+        if override is not None:
+            return float(override)
+        noise = float(self.reference_meta.get("noise", {}).get(noise_key, 0.0))
+        return max(floor, NOISE_FACTOR * noise)
+
     @property
     def tolerance(self) -> float:
-        if self.tolerance_override is not None:
-            return float(self.tolerance_override)
-        noise = float(self.reference_meta.get("noise", {}).get("max_cosine_distance", 0.0))
-        return max(TOLERANCE_FLOOR, NOISE_FACTOR * noise)
+        return self._tolerance(self.tolerance_override, "max_cosine_distance", TOLERANCE_FLOOR)
 
     @property
     def abs_tolerance(self) -> float:
-        if self.abs_tolerance_override is not None:
-            return float(self.abs_tolerance_override)
-        noise = float(self.reference_meta.get("noise", {}).get("max_abs_diff", 0.0))
-        return max(ABS_TOLERANCE_FLOOR, NOISE_FACTOR * noise)
+        return self._tolerance(self.abs_tolerance_override, "max_abs_diff", ABS_TOLERANCE_FLOOR)
 
     def embed(self) -> np.ndarray:
         return np.asarray(self.encoder.encode(self.texts), dtype=np.float32)

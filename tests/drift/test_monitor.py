@@ -157,16 +157,21 @@ def test_a_change_during_an_open_episode_fires_again(tmp_path):
     assert "settled" in after[0].message
 
 
+def _alternating_topics(rng, tail: int):
+    """3000 events of topics 0-3, then six runs of 700 alternating between topics 4-5 and 0-3,
+    then ``tail`` events of 0-3: (vectors, norms)."""
+    c = centres(5)
+    parts = [sample(rng, c, range(4), 3000)] + [sample(rng, c, (4, 5) if k % 2 == 0 else range(4), 700)
+                                                 for k in range(6)] + [sample(rng, c, range(4), tail)]
+    return np.vstack([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 def test_event_time_cooldown_defers_repeats_and_clearing(tmp_path):
     # topics alternate every 700 events; events 40 ms apart. With a 60 s event-time cooldown a
     # repeat FIRED waits until 60 s of event time have passed since the last FIRED (it is not
     # dropped: reported when the cooldown ends), and CLEARED needs 120 s of event time as well
-    c = centres(5)
     rng = np.random.default_rng(6)
-    parts = [sample(rng, c, range(4), 3000)] + [sample(rng, c, (4, 5) if k % 2 == 0 else range(4), 700)
-                                                 for k in range(6)] + [sample(rng, c, range(4), 6000)]
-    v = np.vstack([p[0] for p in parts])
-    n = np.concatenate([p[1] for p in parts])
+    v, n = _alternating_topics(rng, tail=6000)
     times = 1_767_225_600_000 + np.arange(len(v)) * 40
     mon = _monitor(tmp_path, cooldown_s=60.0, clear_after=1500, clear_after_s=120.0)
     alerts = feed(mon, v, n, event_times_ms=times)
@@ -187,12 +192,8 @@ def test_live_and_replay_give_the_same_alerts(tmp_path):
     # the same stream fed live (1-3 events per batch, the wall clock moving with event time) and
     # replayed at full speed (1000 per batch, the wall clock still): identical alerts, fired_at
     # (the wall-clock time of publication) aside. Time rules on, so that event time matters
-    c = centres(5)
     rng = np.random.default_rng(6)
-    parts = [sample(rng, c, range(4), 3000)] + [sample(rng, c, (4, 5) if k % 2 == 0 else range(4), 700)
-                                                 for k in range(6)] + [sample(rng, c, range(4), 5000)]
-    v = np.vstack([p[0] for p in parts])
-    n = np.concatenate([p[1] for p in parts])
+    v, n = _alternating_topics(rng, tail=5000)
     times = 1_767_225_600_000 + np.cumsum(rng.exponential(40, size=len(v))).astype(np.int64)
     cfg = replace(DriftConfig(), cooldown_s=30.0, clear_after=1500, clear_after_s=90.0)
     live_clock = FakeClock(times[0] / 1000)
