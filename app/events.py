@@ -190,6 +190,16 @@ def schema_fingerprint(parsed: dict) -> bytes:
     return bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
 
 
+def _confluent_conf() -> dict:
+    """Settings of the Confluent Avro (de)serializers: the subject is ``<topic>-value``, as Kafka
+    Connect and the Java serializers name it. The client's own default since 2.16 first asks the
+    registry for "associations", an endpoint Confluent-compatible registries such as Apicurio
+    answer with 404 - and once in a few runs a decode then hung."""
+    from confluent_kafka.schema_registry import topic_subject_name_strategy
+
+    return {"subject.name.strategy": topic_subject_name_strategy}
+
+
 class EventCodec:
     """Encode and decode change events in both framings.
 
@@ -225,15 +235,10 @@ class EventCodec:
             if self.registry is None:
                 raise ValueError("the Confluent framing needs a schema registry URL")
             from confluent_kafka.serialization import MessageField, SerializationContext
-            from confluent_kafka.schema_registry import topic_subject_name_strategy
             from confluent_kafka.schema_registry.avro import AvroSerializer
 
             if self._confluent_ser is None:
-                # subject "<topic>-value", as Kafka Connect and the Java serializers name it. (The
-                # client's own default since 2.16 first asks the registry for "associations", an
-                # endpoint Confluent-compatible registries such as Apicurio answer with 404.)
-                self._confluent_ser = AvroSerializer(self.registry, self._schema_str,
-                                                     conf={"subject.name.strategy": topic_subject_name_strategy})
+                self._confluent_ser = AvroSerializer(self.registry, self._schema_str, conf=_confluent_conf())
             return self._confluent_ser(event.to_avro(), SerializationContext(topic, MessageField.VALUE))
         raise ValueError(f"unknown framing {framing!r}")
 
@@ -298,15 +303,10 @@ class EventCodec:
         if len(value) < 5:
             raise DecodeError("truncated", "Confluent header is 5 bytes")
         from confluent_kafka.serialization import MessageField, SerializationContext
-        from confluent_kafka.schema_registry import topic_subject_name_strategy
         from confluent_kafka.schema_registry.avro import AvroDeserializer
 
         if self._confluent_de is None:
-            # the subject is named, not looked up: the client's default asks the registry for
-            # "associations" on every record's first decode (Apicurio answers 404), and once in
-            # a few runs the decode then hung (see the serializer above)
-            self._confluent_de = AvroDeserializer(self.registry, self._schema_str,
-                                                  conf={"subject.name.strategy": topic_subject_name_strategy})
+            self._confluent_de = AvroDeserializer(self.registry, self._schema_str, conf=_confluent_conf())
         schema_id = struct.unpack(">I", value[1:5])[0]
         try:
             # the writer schema first (the client caches it): a registry failure is told apart from
