@@ -481,27 +481,21 @@ def cmd_demo(args) -> int:
                 return rc
             enc = build_encoder(s)
             print(f"4/{steps} waiting for the worker to index them (model {enc.fingerprint})", flush=True)
-            started = time.monotonic()
-            store, indexed, last = None, 0, -1
-            while indexed < len(docs):
-                if worker.poll() is not None:
-                    print(f"worker died (code {worker.returncode}); see {data / 'worker.log'}", file=sys.stderr)
-                    return 1
-                if time.monotonic() - started > args.timeout:
-                    print(f"timed out after {args.timeout}s with {indexed}/{len(docs)} indexed; "
-                          f"see {data / 'worker.log'}", file=sys.stderr)
-                    return 1
+            started, store = time.monotonic(), None
+
+            def count() -> int:  # the worker creates the collection: until then, none indexed
+                nonlocal store
                 try:
                     store = store or open_store(s, enc.fingerprint, enc.dim, create=False)
-                    indexed = store.count_documents()
+                    return store.count_documents()
                 except Exception:
-                    indexed = 0
-                if indexed != last:
-                    _progress(indexed, len(docs), started, "    indexed")
-                    last = indexed
-                time.sleep(0.25)
+                    return 0
+
+            if not _wait_indexed(worker, count, len(docs), args.timeout, data):
+                return 1
             took = time.monotonic() - started
-            print(f"    {indexed} documents, {store.count()} chunks searchable {took:.1f}s after producing", flush=True)
+            print(f"    {len(docs)} documents, {store.count()} chunks searchable {took:.1f}s after producing",
+                  flush=True)
             print(f"5/{steps} searching", flush=True)
             for q in args.query or ["how do black holes form", "best way to proof bread dough",
                                     "what happens in a TCP handshake", "when should I prune roses"]:
@@ -514,6 +508,38 @@ def cmd_demo(args) -> int:
             return 0
         finally:
             _stop(worker)
+
+
+def _wait_indexed(worker, count, want: int, timeout: float, data: Path, base: int = 0) -> bool:
+    """Wait until ``count()`` reaches ``base + want`` documents, with progress (counted from ``base``).
+    False, with the reason on stderr, when the demo's worker died or ``timeout`` passed."""
+    started, indexed, last = time.monotonic(), base, -1
+    while indexed < base + want:
+        if worker.poll() is not None:
+            print(f"worker died (code {worker.returncode}); see {data / 'worker.log'}", file=sys.stderr)
+            return False
+        if time.monotonic() - started > timeout:
+            print(f"timed out after {timeout:.0f}s with {indexed - base}/{want} indexed; see {data / 'worker.log'}",
+                  file=sys.stderr)
+            return False
+        indexed = count()
+        if indexed != last:
+            _progress(max(0, indexed - base), want, started, "    indexed")
+            last = indexed
+        time.sleep(0.25)
+    return True
+
+
+def topic_sentences(docs: list[dict], topics: set[str]) -> list[str]:
+    """The sentences of six words or more of the ``docs`` whose ``metadata.topic`` is in ``topics``
+    (the material of ``demo --drift``'s events, and of the drift end-to-end tests)."""
+    import re
+
+    out = []
+    for d in docs:
+        if d.get("metadata", {}).get("topic") in topics:
+            out += [x.strip() for x in re.split(r"(?<=[.!?])\s+", d["text"]) if len(x.split()) >= 6]
+    return out
 
 
 #: warm-up of the drift monitor in ``demo --drift`` (the worker's default is larger)
@@ -532,17 +558,10 @@ def _demo_drift(s: Settings, bootstrap: str, docs: list[dict], worker, data: Pat
     monitor fires a few dozen events after the switch; ``embedstream alerts`` prints the alert.
     """
     import random
-    import re
-
-    def sentences(topics):
-        out = []
-        for d in docs:
-            if d.get("metadata", {}).get("topic") in topics:
-                out += [x.strip() for x in re.split(r"(?<=[.!?])\s+", d["text"]) if len(x.split()) >= 6]
-        return out
 
     rng = random.Random(16)
-    before, after = sentences({"astronomy", "computer networking"}), sentences({"cooking", "medieval history"})
+    before = topic_sentences(docs, {"astronomy", "computer networking"})
+    after = topic_sentences(docs, {"cooking", "medieval history"})
     stable, switched = DEMO_DRIFT_WARMUP + 100, 300
     lines = [json.dumps({"doc_id": f"drift-{i:04d}", "text": " ".join(rng.sample(before if i < stable else after, 2)),
                          "version": 1}) for i in range(stable + switched)]
@@ -558,20 +577,9 @@ def _demo_drift(s: Settings, bootstrap: str, docs: list[dict], worker, data: Pat
 
     if rc := produce(lines[:stable]):
         return rc
-    started, want, indexed, last = time.monotonic(), len(docs) + stable, 0, -1
-    while indexed < want:  # the stable part is through the monitor before the switch is produced
-        if worker.poll() is not None:
-            print(f"worker died (code {worker.returncode}); see {data / 'worker.log'}", file=sys.stderr)
-            return 1
-        if time.monotonic() - started > timeout:
-            print(f"timed out after {timeout:.0f}s with {indexed - len(docs)}/{stable} indexed; "
-                  f"see {data / 'worker.log'}", file=sys.stderr)
-            return 1
-        indexed = store.count_documents()
-        if indexed != last:
-            _progress(max(0, indexed - len(docs)), stable, started, "    indexed")
-            last = indexed
-        time.sleep(0.25)
+    # the stable part is through the monitor before the switch is produced
+    if not _wait_indexed(worker, store.count_documents, stable, timeout, data, base=len(docs)):
+        return 1
     if rc := produce(lines[stable:]):
         return rc
     started = time.monotonic()

@@ -10,18 +10,14 @@ import time
 import pytest
 
 from app.alerts import decode_alert_message, encode_alert_message, format_alert
-from app.cli import SAMPLE_CORPUS
+from app.cli import SAMPLE_CORPUS, topic_sentences
 from app.events import ChangeEvent, EventCodec, Op
 from conftest import REPO, consume_all, settings_env
 
 
 def sentences(topics):
-    out = []
-    for line in SAMPLE_CORPUS.read_text(encoding="utf-8").splitlines():
-        doc = json.loads(line)
-        if doc["metadata"]["topic"] in topics:
-            out += [s.strip() for s in re.split(r"(?<=[.!?])\s+", doc["text"]) if len(s.split()) >= 6]
-    return out
+    docs = [json.loads(line) for line in SAMPLE_CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return topic_sentences(docs, topics)
 
 
 def test_topic_switch_fires_an_alert(settings, worker_factory, producer):
