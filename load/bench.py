@@ -56,8 +56,7 @@ import sys
 import tempfile
 import time
 import uuid
-import dataclasses
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from load.procs import cpu_model, exit_on_sigterm, stop_process
@@ -957,8 +956,6 @@ def _latency_timeline(sent_log, times: dict[str, int]) -> list[list]:
     return [[sec, len(v), round(_pct(v, 50)), max(v)] for sec, v in sorted(per.items())]
 
 
-
-
 def _mem_gib() -> float | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -1280,7 +1277,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for i, (name, over) in enumerate(variants.items()):
                 # the sentence-transformers baseline does not depend on the variant: once is enough
-                vc = dataclasses.replace(cfg, **over, baseline=cfg.baseline and i == 0)
+                vc = replace(cfg, **over, baseline=cfg.baseline and i == 0)
                 say(f"[bench] === {args.compare}: {name} ===")
                 runs[name] = run_bench(vc, log=say, command=command)
         except BenchError as exc:
