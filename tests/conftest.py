@@ -256,16 +256,31 @@ class CrashingStore:
         return write
 
 
-def committed_total(settings: Settings, partitions: int = 8) -> int:
-    """Sum of the worker group's committed offsets on the changes topic."""
-    from confluent_kafka import Consumer, TopicPartition
+def committed_offsets(settings: Settings, partitions=range(8), timeout: float = 30.0) -> dict[int, int]:
+    """The worker group's committed offsets on the changes topic, of the ``partitions`` that have one.
+    A retriable answer (NOT_COORDINATOR while the offsets topic or the group's coordinator is still
+    being set up) is asked again until ``timeout``."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-    c = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": settings.app_id})
+    c = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": settings.app_id,
+                  "enable.auto.commit": False})
+    deadline = time.monotonic() + timeout
     try:
-        tps = c.committed([TopicPartition(settings.changes_topic, p) for p in range(partitions)], timeout=10)
-        return sum(max(tp.offset, 0) for tp in tps)
+        while True:
+            try:
+                tps = c.committed([TopicPartition(settings.changes_topic, p) for p in partitions], timeout=10)
+                return {tp.partition: tp.offset for tp in tps if tp.offset >= 0}
+            except KafkaException as exc:
+                if not exc.args[0].retriable() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.25)
     finally:
         c.close()
+
+
+def committed_total(settings: Settings, partitions: int = 8) -> int:
+    """Sum of the worker group's committed offsets on the changes topic."""
+    return sum(committed_offsets(settings, range(partitions)).values())
 
 
 def pytest_terminal_summary(terminalreporter):

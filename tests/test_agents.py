@@ -43,12 +43,11 @@ import time  # noqa: E402
 import urllib.error  # noqa: E402
 import urllib.request  # noqa: E402
 
-from confluent_kafka import Consumer, TopicPartition  # noqa: E402
 
 from app.broker import free_port  # noqa: E402
 from app.events import ChangeEvent, EventCodec, Op  # noqa: E402
 from app.store.lancedb import LanceDBStore  # noqa: E402
-from conftest import REPO, consume_all, settings_env, wait_for  # noqa: E402
+from conftest import REPO, committed_offsets as _committed, consume_all, settings_env, wait_for  # noqa: E402
 
 #: a scrubber plugin (EMBEDSTREAM_SCRUBBER=module:factory) that raises on texts containing ``trigger``
 #: ("" : on every text), as a user's buggy plugin would
@@ -65,25 +64,6 @@ class BuggyScrubber:
 def factory():
     return BuggyScrubber()
 '''
-
-
-def _committed(settings, partitions=range(8)) -> dict[int, int]:
-    """The worker group's committed offsets on the changes topic (partitions that have one)."""
-    from confluent_kafka import KafkaException
-
-    c = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": settings.app_id,
-                  "enable.auto.commit": False})
-    try:
-        for attempt in range(40):  # NOT_COORDINATOR while the group's coordinator is being set up
-            try:
-                tps = c.committed([TopicPartition(settings.changes_topic, p) for p in partitions], timeout=10)
-                return {tp.partition: tp.offset for tp in tps if tp.offset >= 0}
-            except KafkaException as exc:
-                if not exc.args[0].retriable() or attempt == 39:
-                    raise
-                time.sleep(0.25)
-    finally:
-        c.close()
 
 
 def _http(port: int, path: str) -> tuple[int | None, str]:

@@ -15,25 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from app.chunking import Chunker
 from app.events import ChangeEvent, EventCodec, Op
 from app.store.base import TransientStoreError
 from app.store.lancedb import LanceDBStore
-from conftest import wait_for
+from conftest import committed_offsets as committed, wait_for
 
 OUTAGE_S = 16
-
-
-def committed(settings, partitions) -> dict[int, int]:
-    c = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": settings.app_id,
-                  "enable.auto.commit": False})
-    try:
-        return {tp.partition: tp.offset for tp in
-                c.committed([TopicPartition(settings.changes_topic, p) for p in partitions], timeout=10)}
-    finally:
-        c.close()
 
 
 class Stream:

@@ -4,11 +4,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from confluent_kafka import Consumer, TopicPartition
-
 from app.events import ChangeEvent, EventCodec, Op
 from app.store.lancedb import LanceDBStore
-from conftest import REPO, consume_all, settings_env, wait_for
+from conftest import REPO, committed_offsets as committed, consume_all, settings_env, wait_for
 
 LONG = " ".join(f"Paragraph {i}: the orchard's apple trees need pruning in late winter." for i in range(90))
 
@@ -29,15 +27,6 @@ def _try_open(settings, encoder):
         return LanceDBStore(f"{settings.data_dir}/lancedb", encoder.fingerprint, encoder.dim, create=False)
     except Exception:
         return None
-
-
-def committed(settings, partitions):
-    c = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": settings.app_id})
-    try:
-        tps = c.committed([TopicPartition(settings.changes_topic, p) for p in partitions], timeout=10)
-        return {tp.partition: tp.offset for tp in tps}
-    finally:
-        c.close()
 
 
 def test_worker_end_to_end(settings, worker_factory, producer, encoder):

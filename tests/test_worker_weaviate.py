@@ -21,9 +21,9 @@ import pytest
 
 from app.events import ChangeEvent, EventCodec, Op
 from app.store.weaviate import WeaviateStore
-from conftest import REPO, committed_total, settings_env, wait_for
+from conftest import REPO, committed_offsets as committed, committed_total, settings_env, wait_for
 from load.servers.weaviate import WeaviateServer
-from test_outage import Stream, assert_store_matches, committed as committed_once, words
+from test_outage import Stream, assert_store_matches, words
 from tests.store.real_weaviate import RealWeaviate, unique_prefix
 
 pytestmark = pytest.mark.real_weaviate
@@ -32,21 +32,6 @@ pytestmark = pytest.mark.real_weaviate
 def on_weaviate(settings, rw: RealWeaviate, prefix: str, **kw):
     return settings.replace(store="weaviate", weaviate_url=rw.url, weaviate_grpc_port=rw.grpc_port,
                             weaviate_api_key=rw.api_key or "", collection_prefix=prefix, **kw)
-
-
-def committed(settings, partitions, timeout: float = 30) -> dict[int, int]:
-    """The group's committed offsets; a retriable broker answer (NOT_COORDINATOR while the offsets topic
-    or the group's coordinator is still being set up) is asked again."""
-    from confluent_kafka import KafkaException
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return committed_once(settings, partitions)
-        except KafkaException as exc:
-            if not exc.args[0].retriable() or time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
 
 
 def open_store(rw: RealWeaviate, prefix: str, encoder, wait: float = 90):
