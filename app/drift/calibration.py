@@ -63,8 +63,7 @@ def ph_table(ns=PH_TABLE_NS, grid=PH_TABLE_GRID, *, streams: int = 500, events: 
         t0 = time.perf_counter()
         r = simulate_ph_null(int(n), grid, streams=streams, events=events, seed=seed)
         per = []
-        for th, k, rate in zip(r["thresholds"], r["alarms"], r["per_event"]):
-            exposure = k / rate if rate > 0 else r["events"] * streams
+        for th, k, rate, exposure in zip(r["thresholds"], r["alarms"], r["per_event"], r["exposure"]):
             per.append({"threshold": th, "alarms": int(k), "per_event": rate,
                         "upper95": poisson_upper(int(k)) / exposure})
         ok = [p["threshold"] for p in per if p["per_event"] <= target]

@@ -232,7 +232,8 @@ def simulate_ph_null(n: int, thresholds, *, streams: int = 200, events: int = 20
         alarms += hit
         exposure += np.where(hit, (first + 1) * block, nb * block)
     return {"n": n, "thresholds": th.tolist(), "alarms": alarms.tolist(),
-            "per_event": (alarms / np.maximum(exposure, 1)).tolist(), "events": float(exposure.max())}
+            "per_event": (alarms / np.maximum(exposure, 1)).tolist(), "exposure": exposure.tolist(),
+            "events": float(exposure.max())}
 
 
 #: per signal: the monitor's design allowance is 0.25 raw alarms per 100k events, a quarter of the
