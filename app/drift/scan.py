@@ -43,8 +43,6 @@ means "some window passed its own threshold". NaN until ``min(windows)`` rows ha
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .nulls import scan_threshold
@@ -219,6 +217,14 @@ class ScanNull:
     def collision(self) -> float:
         return self.dup[0] / self.dup[1] if self.dup[1] > 0 else 0.0
 
+    def plus(self, other: "ScanNull") -> "ScanNull":
+        """A copy with ``other``'s pair moments (``h2``, ``h3``, ``dup``) added; the history is this one's."""
+        out = self.copy()
+        for a, b in ((out.h2, other.h2), (out.h3, other.h3), (out.dup, other.dup)):
+            a[0] += b[0]
+            a[1] += b[1]
+        return out
+
     def copy(self) -> "ScanNull":
         c = ScanNull(self.dim)
         c.hist_sum = self.hist_sum.copy()
@@ -265,7 +271,6 @@ class ShiftScan:
         self.null = null.copy() if null is not None else ScanNull(dim)
         w = max(self.wmax, 3)
         self.lags = (w // 3, 2 * w // 3)  # a triangle (t, t + a, t + b) for the online moments
-        self.block = int(block)
         # buffer positions kept before the first new row: the longest window, and the rows a refresh
         # learns from (up to `block` rows that left the windows, with partners up to wmax ahead)
         self._k0 = 2 * w + self.block
@@ -279,6 +284,8 @@ class ShiftScan:
         #: long-run-variance factor f_W of each window (serial dependence of a bursty stream,
         #: measured on the warm-up: app.drift.lrv.window_factors); 1 = exchangeable rows
         self.lrv = np.ones(len(self.windows))
+        self._warr = np.array(self.windows, dtype=np.int64)
+        self._pairs = self._warr * (self._warr - 1) / 2.0
         self._alloc()
         self._refresh(0)
         self.threshold = self.thr  # the level the monitor's threshold rule watches
@@ -336,22 +343,14 @@ class ShiftScan:
 
     def _refresh(self, upto: int) -> None:
         """New running mean (history of rows < global ``upto``), moments and threshold."""
-        s, n, sq = self._hist_upto(upto)
-        self.N = max(n, 1.0)
-        self.m = s / self.N
+        mo = self.null.plus(self.live)
+        mo.hist_sum, mo.hist_n, mo.hist_sq = self._hist_upto(upto)
+        self.N = max(mo.hist_n, 1.0)
+        self.m = mo.mean
         self.mm = float(self.m @ self.m)
-        self.trace = max((sq - n * self.mm) / (n - 1), 1e-12) if n >= 2 else 1.0
-        nl, lv = self.null, self.live
-        h2n = nl.h2[1] + lv.h2[1]
-        self.tau2 = max((nl.h2[0] + lv.h2[0]) / h2n, 1e-12) if h2n > 0 else 1.0
-        h3n = nl.h3[1] + lv.h3[1]
-        self.tau3 = (nl.h3[0] + lv.h3[0]) / h3n if h3n > 0 else None
-        pn = nl.dup[1] + lv.dup[1]
-        self.collision = (nl.dup[0] + lv.dup[0]) / pn if pn > 0 else 0.0
+        self.trace, self.tau2, self.tau3, self.collision = mo.trace, mo.tau2, mo.tau3, mo.collision
         self.dof = scan_dof(self.trace, self.tau2, self.tau3)
         self.thr = scan_threshold(self.dof, self.budget / max(len(self.windows), 1))
-        self._warr = np.array(self.windows, dtype=np.int64)
-        self._pairs = self._warr * (self._warr - 1) / 2.0
         self._normalisers()
         f = self._fill
         self._Rm[:f] = np.einsum("ij,j->i", self._rows[:f], self.m)
@@ -417,12 +416,9 @@ class ShiftScan:
 
     def merged_null(self) -> ScanNull:
         """The null with this scan's history and online moments folded in (for saving / restarting)."""
-        out = self.null.copy()
+        out = self.null.plus(self.live)
         s, n, sq = self._hist_upto(max(self.count - self.wmax, self.hist_origin))
         out.hist_sum, out.hist_n, out.hist_sq = s.copy(), n, sq
-        for a, b in ((out.h2, self.live.h2), (out.h3, self.live.h3), (out.dup, self.live.dup)):
-            a[0] += b[0]
-            a[1] += b[1]
         return out
 
     def recentre(self, units: np.ndarray, keys: np.ndarray, history: int) -> None:
