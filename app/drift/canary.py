@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -43,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from .alert import AlertKind, CanaryCheck, DriftAlert, Severity
+from .reference import savez_atomic
 
 __all__ = ["CANARY_FILE", "CanaryResult", "EncoderCanary", "load_texts", "reference_path", "read_reference",
            "write_reference", "compare", "texts_digest", "encoder_changed_alert", "TOLERANCE_FLOOR",
@@ -78,16 +77,9 @@ def write_reference(path: Path, vectors: np.ndarray, meta: dict) -> None:
     """Write reference vectors + a JSON document (atomic)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, vectors=np.asarray(vectors, dtype=np.float32),
-                     meta_json=np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8))
-        os.chmod(tmp, 0o644)  # shipped with the model artefacts: readable like them
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    savez_atomic(path, {"vectors": np.asarray(vectors, dtype=np.float32),
+                        "meta_json": np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)},
+                 mode=0o644)  # shipped with the model artefacts: readable like them
 
 
 def read_reference(path: Path) -> tuple[np.ndarray, dict] | None:

@@ -189,18 +189,22 @@ def write_state(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any])
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = dict(arrays)
     payload["meta_json"] = np.frombuffer(json.dumps({"version": STATE_VERSION, **meta}).encode(), dtype=np.uint8)
+    savez_atomic(path, payload)
+
+
+def savez_atomic(path: Path, payload: dict[str, np.ndarray], mode: int | None = None) -> None:
+    """``np.savez(path, **payload)`` through a temporary file + fsync + ``os.replace``."""
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **payload)
             fh.flush()
             os.fsync(fh.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        Path(tmp).unlink(missing_ok=True)
         raise
 
 
