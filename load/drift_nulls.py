@@ -19,7 +19,6 @@ import argparse
 import json
 import sys
 import time
-import zlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import numpy as np
 
 from app.drift import DriftConfig
 from app.drift.calibration import null_rates
-from load import drift_data
+from load import drift_data, drift_eval
 from load.drift_eval import parse_config
 
 COLLECTIONS = {
@@ -39,12 +38,9 @@ COLLECTIONS = {
 
 
 def _rows(pool, what):
-    if what is None:
-        return np.arange(len(pool))
     if isinstance(what, int):
-        rng = np.random.default_rng(zlib.crc32(f"subset:{pool.name}:{what}".encode()))
-        return np.sort(rng.choice(len(pool), what, replace=False))
-    return pool.topic_index([what])
+        return drift_eval._rows(pool, drift_eval.Source(pool.name, subset=what))
+    return pool.topic_index(None if what is None else [what])
 
 
 def main(argv=None) -> int:
