@@ -47,8 +47,6 @@ def _encoder(variant: str, **kw):
     return Encoder.load(variant=variant, device="cpu", **kw)
 
 
-
-
 def _child(variant: str) -> None:
     """Embed the canary texts in this (fresh) process and print the vectors as JSON."""
     enc = _encoder(variant)

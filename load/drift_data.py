@@ -248,9 +248,9 @@ def _subset(texts, labels, cap: int | None, seed: int):
 
 #: corpus -> (loader(cache), variants embedded, document cap (seeded sample), pool name)
 CORPORA = {
-    "reuters-r8": (lambda cache: reuters_r8(cache), ("int8", "fp32", "trunc16", "boiler"), None, "reuters"),
+    "reuters-r8": (reuters_r8, ("int8", "fp32", "trunc16", "boiler"), None, "reuters"),
     "fortunes": (lambda cache: fortunes(), ("int8",), 8000, "fortunes"),
-    "20newsgroups": (lambda cache: newsgroups20(cache), ("int8", "fp32", "trunc16", "boiler"), 8000, "20ng"),
+    "20newsgroups": (newsgroups20, ("int8", "fp32", "trunc16", "boiler"), 8000, "20ng"),
     "foldoc": (lambda cache: dictd("foldoc"), ("int8",), 6000, "foldoc"),
     "devil": (lambda cache: dictd("devil"), ("int8",), None, "devil"),
 }

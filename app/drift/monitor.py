@@ -765,7 +765,7 @@ class DriftMonitor:
             units = np.concatenate([u for u, _ in self._collect_units])[: c.rescale_window]
             keys = np.concatenate([k for _, k in self._collect_units])[: c.rescale_window]
             # rows still inside the scan's windows enter its history when they leave them
-            older = max(len(units) - min(self._scan.window, self._scan.count), 0)
+            older = max(len(units) - min(self._scan.wmax, self._scan.count), 0)
             if len(units) >= 8 and older >= 1:
                 self._scan.recentre(units, keys, history=older)
         self._set_null(rows, self._collect_from)

@@ -327,10 +327,6 @@ class ShiftScan:
         self._fill = k
         self._first = max(self._first - shift, 0)
 
-    @property
-    def window(self) -> int:
-        return self.wmax
-
     # -------------------------------------------------------------- moments
     def _hist_upto(self, g: int) -> tuple[np.ndarray, float, float]:
         """Sum, count and squared-norm sum of the running-mean history of rows < global ``g``

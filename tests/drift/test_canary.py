@@ -1,5 +1,4 @@
 """The encoder canary on the real ONNX model (int8, CPU) and its alerts through DriftStage."""
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -70,10 +69,7 @@ def test_a_tiny_change_is_caught_by_the_coordinate_tolerance(int8):
 
 
 def test_no_shipped_reference_records_a_local_one(int8, tmp_path):
-    class OnGpu(Swapped):
-        pass
-
-    enc = OnGpu(int8, None)
+    enc = Swapped(int8, None)
     enc.provider = "CUDAExecutionProvider"  # nothing recorded for it here
     first = EncoderCanary(enc, state_dir=tmp_path).check()
     assert first.reference == "recorded-now" and not first.changed

@@ -40,7 +40,8 @@ def test_online_moments_converge_to_the_collection():
     truth = ScanNull.from_sample(big, np.arange(2000, dtype=np.uint64))
     scan = ShiftScan((32, 64), 40, null)
     scan.update(_rows(rng, 40_000), np.arange(10**6, 10**6 + 40_000, dtype=np.uint64))
-    assert abs(scan.tau2 / truth.tau2 - 1) < 0.05 < abs(null.tau2 / truth.tau2 - 1) + 0.05
+    # closer to the collection than the warm-up it started from (measured: 1.2 % vs 2.1 % off)
+    assert abs(scan.tau2 / truth.tau2 - 1) < min(0.05, abs(null.tau2 / truth.tau2 - 1))
     assert scan.trace == pytest.approx(truth.trace, rel=0.01)
     off = ShiftScan((32, 64), 40, null, online=False)
     off.update(_rows(rng, 3000), np.arange(3000, dtype=np.uint64))
