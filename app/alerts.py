@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import functools
 import io
 import logging
 from datetime import datetime, timezone
@@ -23,6 +24,7 @@ import fastavro
 
 from app.drift import DriftAlert, DriftConfig, DriftMonitor
 from app.drift.alert import alert_schema, alert_schema_v1, writer_schema
+from app.drift.canary import EncoderCanary, encoder_changed_alert
 from app.events import SINGLE_OBJECT_MAGIC, DecodeError, schema_fingerprint
 
 log = logging.getLogger(__name__)
@@ -31,23 +33,24 @@ log = logging.getLogger(__name__)
 def encode_alert_message(alert: DriftAlert) -> bytes:
     """Single-object encoding with the oldest schema version that carries the alert."""
     schema = writer_schema(alert)
-    rec = alert.to_record()
-    if schema is alert_schema_v1():
-        rec.pop("canary", None)
     buf = io.BytesIO()
     buf.write(SINGLE_OBJECT_MAGIC + schema_fingerprint(schema))
-    fastavro.schemaless_writer(buf, schema, rec)
+    fastavro.schemaless_writer(buf, schema, alert.to_record())  # v1 ignores the (None) canary key
     return buf.getvalue()
+
+
+@functools.cache
+def _alert_writers() -> dict[bytes, dict]:
+    """The writer schemas this release decodes, by fingerprint (built once)."""
+    return {schema_fingerprint(s): s for s in (alert_schema(), alert_schema_v1())}
 
 
 def decode_alert_message(value: bytes) -> DriftAlert:
     """Decode a record written with either schema version (resolved to the current one)."""
-    reader = alert_schema()
-    writers = {schema_fingerprint(s): s for s in (reader, alert_schema_v1())}
-    writer = writers.get(value[2:10]) if value[:2] == SINGLE_OBJECT_MAGIC else None
+    writer = _alert_writers().get(value[2:10]) if value[:2] == SINGLE_OBJECT_MAGIC else None
     if writer is None:
         raise DecodeError("unknown-alert-format", "not a single-object encoded DriftAlert of a known schema")
-    return DriftAlert.from_record(fastavro.schemaless_reader(io.BytesIO(value[10:]), writer, reader))
+    return DriftAlert.from_record(fastavro.schemaless_reader(io.BytesIO(value[10:]), writer, alert_schema()))
 
 
 def format_alert(a: DriftAlert) -> str:
@@ -98,8 +101,6 @@ class DriftStage:
         self._reload = False
         self._session = None
         if encoder is not None and self.canary_every > 0:
-            from app.drift.canary import EncoderCanary
-
             try:
                 self.canary = EncoderCanary(encoder, state_dir=state_dir)
             except (OSError, AttributeError) as exc:  # no canary texts with this model
@@ -117,8 +118,6 @@ class DriftStage:
         self._reload = True
 
     def _check(self, reason: str) -> None:
-        from app.drift.canary import encoder_changed_alert
-
         res = self.canary.check()
         log.log(logging.WARNING if res.changed else logging.INFO,
                 "encoder canary (%s, %s reference, %s): worst cosine %.7f, max |diff| %.2e, %.0f ms%s", reason,
@@ -136,7 +135,6 @@ class DriftStage:
 
     def observe(self, result) -> list[DriftAlert]:
         """Alerts caused by a processed batch (a pipeline.BatchResult), canary alerts first."""
-        alerts: list[DriftAlert] = []
         if self.canary is not None:
             session = id(getattr(self.encoder, "session", None))
             if self._reload or session != self._session:
