@@ -161,20 +161,16 @@ def learn_reference(
         units, keys = basis.tail_units(v[n_fit:])
         basis = replace(basis, scan_null=ScanNull.from_sample(units, keys))
     raw = basis.transform(v[n_fit:], None if nrm is None else nrm[n_fit:])
-    if basis.window > 0:
-        # the held-out rows are the live scan's starting null and history: they have no `shift`
-        # value of their own
-        raw[:, basis.names.index("shift")] = np.nan
     with np.errstate(invalid="ignore"):
-        ok = ~np.isnan(raw)
-        cnt = ok.sum(axis=0)
-        mean = np.where(cnt > 0, np.where(ok, raw, 0.0).sum(axis=0) / np.maximum(cnt, 1), 0.0)
-        dev = np.where(ok, raw - mean, 0.0)
-        std = np.sqrt((dev**2).sum(axis=0) / np.maximum(cnt - 1, 1))
+        mean = np.nanmean(raw, axis=0)
+        std = np.nanstd(raw, axis=0, ddof=1)
     std = np.where(np.isfinite(std) & (std > 1e-12), std, 1e-12)
     if "shift" in basis.names:  # normalised analytically (see the module docstring)
         j = basis.names.index("shift")
         mean[j], std[j] = 0.0, 1.0
+        # the held-out rows are the live scan's starting null and history: they have no `shift`
+        # value of their own
+        raw[:, j] = np.nan
     ref = Reference(basis=basis, signal_mean=mean, signal_std=std, n_fit=n_fit, n_std=n - n_fit)
     return ref, ref.standardise(raw)
 
