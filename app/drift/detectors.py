@@ -119,11 +119,6 @@ class DetectorBank:
         self.thresholds = {k: float(v) for k, v in (thresholds or {}).items() if k in self.signals}
         self.reset()
 
-    def set_threshold(self, signal: str, value: float) -> None:
-        """Change the threshold of a signal watched by a threshold rule (its armed state is kept)."""
-        if signal in self.thresholds:
-            self.thresholds[signal] = float(value)
-
     def _build(self, spec: DetectorSpec, signal: str):
         if signal in self.one_sided and spec.kind == "page_hinkley":
             return DetectorSpec(spec.kind, {**spec.params, "mode": "up"}).build()

@@ -52,7 +52,7 @@ import itertools
 import time
 import uuid
 from collections import deque
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -463,7 +463,6 @@ class DriftMonitor:
             arrays.update(self.reference.to_arrays())
             arrays["recent_z"] = self._rz[-self.config.prime_window :]
             meta["recent_start"] = self.n_seen - len(arrays["recent_z"])
-            meta["collect_from"] = None  # a settling window in progress restarts after a restart
             if self.ranks is not None:
                 arrays.update(self.ranks.to_arrays("ranks_"))
             if self.lrv_signals is not None:
