@@ -167,18 +167,18 @@ class SignalBasis:
     windows: tuple[int, ...]
     n_axes: int
     use_norm: bool
-    sketch: np.ndarray | None = None
+    sketch: np.ndarray
     scan_null: ScanNull | None = None
 
     def __post_init__(self) -> None:
         # One matrix holds every direction we project on: [centroid | axes | clusters^T | tail | sketch].
-        sketch = self.sketch if self.sketch is not None else np.zeros((self.tail.shape[0], 0), np.float32)
-        proj = np.hstack([self.centroid[:, None], self.axes, self.clusters.T, self.tail, sketch]).astype(np.float32)
+        proj = np.hstack([self.centroid[:, None], self.axes, self.clusters.T, self.tail, self.sketch])
+        proj = proj.astype(np.float32)
         mean = self.mean.astype(np.float64)
         object.__setattr__(self, "_proj", np.ascontiguousarray(proj))
         object.__setattr__(self, "_offset", mean @ self.axes.astype(np.float64))
         object.__setattr__(self, "_tail_offset", mean @ self.tail.astype(np.float64))
-        object.__setattr__(self, "_sketch_offset", mean @ sketch.astype(np.float64))
+        object.__setattr__(self, "_sketch_offset", mean @ self.sketch.astype(np.float64))
 
     @property
     def window(self) -> int:
@@ -200,7 +200,7 @@ class SignalBasis:
         bad = ~np.isfinite(tail).all(axis=1)
         # rows that are not finite must not poison the window (they become zero rows)
         tail[bad] = 0.0
-        if self.sketch is not None and self.sketch.shape[1]:
+        if self.sketch.shape[1]:
             keys = pack_keys(p[:, a + t :] - self._sketch_offset > 0)
         else:
             keys = np.arange(len(p), dtype=np.uint64) | np.uint64(1 << 63)
@@ -263,8 +263,7 @@ class SignalBasis:
             prefix + "tail": self.tail,
             prefix + "meta": np.array([self.n_axes, int(self.use_norm), self.window], dtype=np.int64),
             prefix + "windows": np.array(self.windows, dtype=np.int64),
-            prefix + "sketch": (np.zeros((self.tail.shape[0], 0), np.float32) if self.sketch is None
-                                else self.sketch),
+            prefix + "sketch": self.sketch,
             prefix + "scan_null": (np.empty(0) if self.scan_null is None else self.scan_null.to_array()),
         }
 
