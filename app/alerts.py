@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import weakref
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,6 +29,12 @@ from app.drift.canary import EncoderCanary, encoder_changed_alert
 from app.events import SINGLE_OBJECT_MAGIC, DecodeError, schema_fingerprint
 
 log = logging.getLogger(__name__)
+
+
+def _ref(obj):
+    """A weak reference to ``obj`` (an ONNX session), so that seeing a new session is not fooled by
+    an address reused after the old one was freed (``id()`` can be); a constant for None."""
+    return (lambda: None) if obj is None else weakref.ref(obj)
 
 
 def encode_alert_message(alert: DriftAlert) -> bytes:
@@ -106,7 +113,7 @@ class DriftStage:
             except (OSError, AttributeError) as exc:  # no canary texts with this model
                 log.warning("encoder canary disabled: %s", exc)
             else:
-                self._session = id(getattr(encoder, "session", None))
+                self._session = _ref(getattr(encoder, "session", None))
                 self._check("start-up")
 
     def encoder_reloaded(self, encoder=None) -> None:
@@ -136,9 +143,9 @@ class DriftStage:
     def observe(self, result) -> list[DriftAlert]:
         """Alerts caused by a processed batch (a pipeline.BatchResult), canary alerts first."""
         if self.canary is not None:
-            session = id(getattr(self.encoder, "session", None))
-            if self._reload or session != self._session:
-                self._reload, self._session = False, session
+            session = getattr(self.encoder, "session", None)
+            if self._reload or self._session() is not session:
+                self._reload, self._session = False, _ref(session)
                 self._check("reload")
         alerts, self._pending = self._pending, []
         if result.vectors is not None and len(result.vectors):

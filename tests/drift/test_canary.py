@@ -122,3 +122,22 @@ def test_drift_stage_start_up_check_is_returned_with_the_first_batch(int8, fp32,
     first = stage.observe(_batch(np.eye(4, 384, dtype=np.float32), 0))
     assert [a.kind for a in first] == [AlertKind.ENCODER_CHANGED] and first[0].canary.reason == "start-up"
     assert stage.observe(_batch(np.eye(4, 384, dtype=np.float32), 4)) == []
+
+
+def test_a_new_session_is_checked_even_at_the_freed_one_s_address(int8, tmp_path):
+    """A model reload the worker did not announce is noticed by the session object changing. The
+    new session often lands at the address of the freed old one, so ``id()`` cannot tell them apart."""
+    from app.alerts import DriftStage
+
+    class Session:
+        pass
+
+    enc = Swapped(int8, None)
+    enc.session = Session()
+    stage = DriftStage(enc.fingerprint, "docs", tmp_path, encoder=enc, canary_every=64)
+    stage.observe(_batch(np.eye(4, 384, dtype=np.float32), 0))
+    checks, old_address = stage.canary.checks, id(enc.session)
+    enc.session = None       # the old session is freed ...
+    enc.session = Session()  # ... and the reloaded one takes its place
+    stage.observe(_batch(np.eye(4, 384, dtype=np.float32), 4))
+    assert stage.canary.checks == checks + 1, f"same address: {id(enc.session) == old_address}"
