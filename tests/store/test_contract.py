@@ -1,8 +1,9 @@
 """Contract suite of the :class:`~app.store.base.VectorStore` protocol.
 
 Every test runs against each backend of ``store_factory`` (see ``conftest.py``): LanceDB,
-the Weaviate adapter against the in-process Weaviate *test server* (a protocol double,
-not a real Weaviate), and - only when ``WEAVIATE_URL`` is set - a real Weaviate.
+the Weaviate adapter against the in-process Weaviate *test server* (a protocol double), and the
+same adapter against the session's real Weaviate (started by the ``real_weaviate`` fixture, or
+an external one named by ``WEAVIATE_URL``).
 """
 from __future__ import annotations
 
