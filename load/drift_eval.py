@@ -169,8 +169,8 @@ def _rows(pool, src: Source) -> np.ndarray:
     return rows
 
 
-def _draw(pools, src: Source, rng, n: int):
-    pool = pools[src.pool]
+def draw_index(pool, src: Source, rng, n: int) -> np.ndarray:
+    """Pool rows of ``n`` events drawn from ``src`` (its topic subset; in same-topic runs when bursty)."""
     rows = _rows(pool, src)
     idx = rows[rng.integers(len(rows), size=n)]
     if src.burst > 0:  # same marginal topic mix, but in runs: stationary, not independent
@@ -181,6 +181,12 @@ def _draw(pools, src: Source, rng, n: int):
         for t, members in by_topic.items():
             sel = topics == t
             idx[sel] = members[rng.integers(len(members), size=int(sel.sum()))]
+    return idx
+
+
+def _draw(pools, src: Source, rng, n: int):
+    pool = pools[src.pool]
+    idx = draw_index(pool, src, rng, n)
     v, nrm = pool.variants[src.variant]
     vec, nr = v[idx], nrm[idx]
     if src.alt_variant is not None and src.alt_share > 0:

@@ -284,6 +284,10 @@ class ShiftScan:
         #: long-run-variance factor f_W of each window (serial dependence of a bursty stream,
         #: measured on the warm-up: app.drift.lrv.window_factors); 1 = exchangeable rows
         self.lrv = np.ones(len(self.windows))
+        #: a list to append ``(t, mean, sd)`` to for every chunk (``t``: windows x rows standardised
+        #: statistics; ``mean``/``sd``: the null mean and sd of each window's ``U_W`` they used), or None.
+        #: For diagnostics (load/drift_bursty.py); not saved
+        self.record: list | None = None
         self._warr = np.array(self.windows, dtype=np.int64)
         self._pairs = self._warr * (self._warr - 1) / 2.0
         self._alloc()
@@ -533,6 +537,8 @@ class ShiftScan:
                             ustat[r] -= ud
         t = (ustat - self._mean0[:, None]) / self._sd[:, None]
         t[np.arange(c0 + 1, c0 + n + 1)[None, :] < W[:, None]] = -np.inf
+        if self.record is not None:
+            self.record.append((t.copy(), self._mean0.copy(), self._sd.copy()))
         best = t.max(axis=0)
         out = np.where(np.isfinite(best), best - self.thr + self.threshold, np.nan)
         e1 = self.count - self.wmax
