@@ -23,6 +23,8 @@ events; change scenarios run ``--lead`` drift-free events, the change at a known
   ``free-pool1000:P`` a fixed random 1000-document subset of P, resampled (a narrow collection
   full of repeats); ``bursty:P`` same-topic runs of mean 20 documents (not i.i.d.; a caveat);
 * ``topic:P:A->B`` the topic mix switches abruptly; ``gradual:P:A->B`` over ``--ramp`` events;
+  ``bursty-topic:P:mix->T`` / ``bursty-encoder:P:int8->fp32`` the same changes in a bursty
+  collection (what its detectors still catch; reported apart, like ``bursty:P``);
 * ``encoder:P:fp32->int8`` / ``int8->fp32`` the same texts through the other encoder variant,
   under the same fingerprint (what the ``shift`` scan must see; the canary is evaluated by
   ``load/drift_canary.py``);
@@ -153,6 +155,16 @@ def scenarios(pools: dict, ramp: int) -> list[Scenario]:
         if "boiler" in rv:
             out.append(Scenario(f"boilerplate:{p}:100%", Source(p), Source(p, variant="boiler")))
             out.append(Scenario(f"boilerplate:{p}:30%", Source(p), Source(p, alt_variant="boiler", alt_share=0.3)))
+    # what a bursty collection still catches once its warm-up has been found serially dependent
+    # (DRIFT.md section 3: pooled long-run-variance factors, `shift` not watched); the leads are bursty
+    for p, to in (("reuters", "acq"), ("20ng", None)):
+        if p in pools:
+            to = to or _by_size(pools[p])[0]
+            out.append(Scenario(f"bursty-topic:{p}:mix->{to}", Source(p, burst=20.0),
+                                Source(p, topics=(to,), burst=20.0)))
+            if "fp32" in pools[p].variants:
+                out.append(Scenario(f"bursty-encoder:{p}:int8->fp32", Source(p, burst=20.0),
+                                    Source(p, variant="fp32", burst=20.0)))
     # domain switches
     for a, b in (("reuters", "fortunes"), ("fortunes", "reuters"), ("20ng", "foldoc"), ("foldoc", "devil"),
                  ("devil", "20ng")):

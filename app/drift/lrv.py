@@ -42,8 +42,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.special import chdtrc
 
-__all__ = ["ar_lrv_factor", "window_factors", "MIN_LRV_SAMPLE"]
+__all__ = ["ar_lrv_factor", "ljung_box", "window_factors", "MIN_LRV_SAMPLE"]
 
 #: fewer values than this give no estimate (factor 1)
 MIN_LRV_SAMPLE = 50
@@ -66,6 +67,37 @@ def _autocov(segments, max_lag: int) -> tuple[np.ndarray, int]:
     return num / max(total, 1), total
 
 
+def _max_lag(n: int, max_lag: int | None) -> int:
+    pmax = int(10 * math.log10(n)) if max_lag is None else int(max_lag)
+    return max(min(pmax, n // 4), 0)
+
+
+def ljung_box(segments, max_lag: int | None = None) -> tuple[float, float]:
+    """Ljung-Box test of serial independence: ``(Q, p)`` over lags ``1..max_lag`` (default ``10 log10 n``).
+
+    ``Q = n (n + 2) sum_k rho_k^2 / (n - k)`` from the pooled autocorrelations of the segments (each
+    centred on its own mean), ``p`` its chi-square upper tail with ``max_lag`` degrees of freedom.
+    ``(0, 1)`` for fewer than :data:`MIN_LRV_SAMPLE` values or a constant sequence.
+
+    >>> rng = np.random.default_rng(0)
+    >>> q, p = ljung_box([rng.normal(size=2000)]); p > 0.01
+    True
+    >>> x = np.repeat(rng.normal(size=100), 20)              # runs of 20 equal values
+    >>> q, p = ljung_box([x]); p < 1e-12
+    True
+    """
+    n = sum(int(np.isfinite(np.asarray(s, dtype=np.float64)).sum()) for s in segments)
+    if n < MIN_LRV_SAMPLE:
+        return 0.0, 1.0
+    m = _max_lag(n, max_lag)
+    g, n = _autocov(segments, m)
+    if not g[0] > 0 or m < 1:
+        return 0.0, 1.0
+    k = np.arange(1, m + 1)
+    q = float(n * (n + 2) * np.sum((g[1:] / g[0]) ** 2 / (n - k)))
+    return q, float(chdtrc(m, q))
+
+
 def ar_lrv_factor(segments, max_order: int | None = None) -> float:
     """Long-run-variance factor ``f >= 1`` of a stationary sequence given as one or more segments.
 
@@ -78,8 +110,7 @@ def ar_lrv_factor(segments, max_order: int | None = None) -> float:
     n = sum(int(np.isfinite(np.asarray(s, dtype=np.float64)).sum()) for s in segments)
     if n < MIN_LRV_SAMPLE:
         return 1.0
-    pmax = int(10 * math.log10(n)) if max_order is None else int(max_order)
-    pmax = max(min(pmax, n // 4), 0)
+    pmax = _max_lag(n, max_order)
     g, n = _autocov(segments, pmax)
     if not g[0] > 0:
         return 1.0

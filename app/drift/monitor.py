@@ -49,6 +49,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
+import math
 import time
 import uuid
 from collections import deque
@@ -60,12 +62,14 @@ import numpy as np
 
 from .alert import AlertKind, DriftAlert, PartitionRange, Severity, SignalStats, Trigger
 from .detectors import Alarm, DetectorBank, DetectorSpec
-from .lrv import ar_lrv_factor, window_factors
+from .lrv import ar_lrv_factor, ljung_box, window_factors
 from .nulls import RankScores, ph_threshold
 from .reference import (MonitorKey, Reference, StateVersionError, learn_reference, read_state, state_path,
                         write_state)
 from .scan import SHIFT_BUDGET_PER_EVENT, ScanNull, ShiftScan
 from .signals import SHIFT_POWER, SHIFT_WINDOWS
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DriftConfig", "DriftMonitor", "DEFAULT_DETECTORS", "DEFAULT_BLOCK", "ONE_SIDED"]
 
@@ -109,6 +113,12 @@ class DriftConfig:
     #: correct the nulls for the warm-up's serial dependence (long-run-variance factors,
     #: app.drift.lrv; False: every factor 1, the exchangeable nulls as before)
     lrv_correction: bool = True
+    #: level of the warm-up's test of serial independence (Ljung-Box on each PageHinkley signal's
+    #: rank scores, Bonferroni over the signals). When it rejects, the collection is fed in bursts:
+    #: every PageHinkley signal gets the largest long-run-variance factor of any, and the `shift`
+    #: scan, whose null cannot be learnt from a warm-up then (DRIFT.md section 3), is not watched.
+    #: 0: never (per-signal factors, the scan always watched). Needs lrv_correction.
+    serial_alpha: float = 1e-3
     k_required: int = 1
     coincidence: int = 500
     critical_signals: int = 2
@@ -134,6 +144,8 @@ class DriftConfig:
             raise ValueError("k_required, block and clear_after must be >= 1")
         if self.cooldown_events < 0 or self.cooldown_s < 0 or self.clear_after_s < 0:
             raise ValueError("cooldown_events, cooldown_s and clear_after_s must be >= 0")
+        if not 0.0 <= self.serial_alpha < 1.0:
+            raise ValueError("serial_alpha must be in [0, 1)")
         object.__setattr__(self, "detectors", tuple(self.detectors))
         object.__setattr__(self, "shift_windows", tuple(int(w) for w in self.shift_windows))
 
@@ -276,6 +288,10 @@ class DriftMonitor:
         #: sqrt(f)) and per `shift` window (app.drift.lrv); ones = exchangeable
         self.lrv_signals: np.ndarray | None = None
         self.lrv_windows: np.ndarray | None = None
+        #: the warm-up's test of serial independence: smallest Ljung-Box p-value over the
+        #: PageHinkley signals (None: not tested), and whether it rejected (a bursty collection)
+        self.serial_p: float | None = None
+        self.serially_dependent = False
         self._warm_vecs: list[np.ndarray] = []
         self._warm_norms: list[np.ndarray] = []
         self._warm_count = 0
@@ -317,7 +333,7 @@ class DriftMonitor:
         if self.bank is None:
             return {}
         out = {s.kind: float(s.params["threshold"]) for s in self.bank.specs if "threshold" in s.params}
-        out.update(self.bank.thresholds)
+        out.update({k: v for k, v in self.bank.thresholds.items() if math.isfinite(v)})  # not `shift` when unwatched
         return out
 
     def status(self) -> dict:
@@ -339,6 +355,10 @@ class DriftMonitor:
             "state_discarded": self.n_state_discarded,
             "event_time_ms": self.watermark,
             "queued": self._queued,
+            # the warm-up's serial-independence test (None: not done); dependent: the collection
+            # is fed in bursts, the `shift` scan is not watched
+            "serial_dependence": (None if self.serial_p is None else
+                                  {"p_value": self.serial_p, "dependent": self.serially_dependent}),
         }
 
     # ------------------------------------------------------------------ public API
@@ -469,6 +489,9 @@ class DriftMonitor:
                 arrays["lrv_signals"] = self.lrv_signals
             if self.lrv_windows is not None:
                 arrays["lrv_windows"] = self.lrv_windows
+            if self.serial_p is not None:
+                meta["serial_p"] = self.serial_p
+                meta["serially_dependent"] = self.serially_dependent
             if self._scan is not None:
                 # the scan's null with its live history and moments folded in; its windows restart
                 arrays["scan_null"] = self._scan.merged_null().to_array()
@@ -562,6 +585,13 @@ class DriftMonitor:
         held-out sample's own scores - two segments, each centred on its own mean (the fit part's
         signals are in-sample: their level may differ, their serial dependence does not). ``shift``:
         the trace autocorrelation of the unit tail rows of both parts.
+
+        The same scores are tested for serial independence (Ljung-Box, ``config.serial_alpha``
+        Bonferroni-split over the signals). A collection that fails it is fed in bursts: the
+        factors of its signals, estimated from the same ~100 runs, scatter by a factor of two and
+        more, and all come from the one burst process, so each signal gets the largest of them; its
+        `shift` scan is not watched (its statistic on such a stream is heavy-tailed beyond any
+        moment-matched null: ``load/drift_bursty.py``).
         """
         ref = self.reference
         n_fit = len(vecs) - len(z_hold)
@@ -572,10 +602,21 @@ class DriftMonitor:
             z_fit = ref.signals(vecs[:n_fit], None if norms is None else norms[:n_fit])
             s_fit = ranks.scores(z_fit, start - n_fit)
             s_hold = ranks.own(z_hold, start)
+            p_min = 1.0
             for j in cols:
                 f_sig[j] = ar_lrv_factor([s_fit[:, j], s_hold[:, j]])
+                p_min = min(p_min, ljung_box([s_fit[:, j], s_hold[:, j]])[1])
+            self.serial_p = p_min
+            alpha = self.config.serial_alpha
+            self.serially_dependent = alpha > 0 and p_min < alpha / len(cols)
+            if self.serially_dependent:
+                f_sig[cols] = f_sig[cols].max()
+                log.warning("drift monitor %s/%s: the warm-up is serially dependent (Ljung-Box p = %.2g): "
+                            "a collection fed in bursts; every PageHinkley signal gets the long-run-variance "
+                            "factor %.1f and the `shift` scan is not watched (DRIFT.md section 3)",
+                            self.key.fingerprint, self.key.collection, p_min, float(f_sig[cols].max()))
         self.lrv_signals = f_sig
-        if self._scan is not None and self._scan.windows:
+        if self._scan is not None and self._scan.windows and not self.serially_dependent:
             segs = [ref.basis.tail_units(vecs[:n_fit]), ref.basis.tail_units(vecs[n_fit:])]
             self.lrv_windows = window_factors(segs, self._scan.windows)
             self._scan.set_lrv(self.lrv_windows)
@@ -611,7 +652,8 @@ class DriftMonitor:
         c = self.config
         thr = {}
         if self._scan is not None and self._scan.windows:
-            thr["shift"] = c.shift_threshold if c.shift_threshold is not None else self._scan.threshold
+            thr["shift"] = (math.inf if self.serially_dependent else
+                            c.shift_threshold if c.shift_threshold is not None else self._scan.threshold)
         self.bank = DetectorBank(self.signal_names, c.detector_specs(n_null), block=c.block,
                                  one_sided=ONE_SIDED, thresholds=thr)
 
@@ -972,6 +1014,9 @@ class DriftMonitor:
                 self.lrv_signals = np.asarray(arrays["lrv_signals"], dtype=np.float64)
             if "lrv_windows" in arrays:
                 self.lrv_windows = np.asarray(arrays["lrv_windows"], dtype=np.float64)
+            if meta.get("serial_p") is not None:
+                self.serial_p = float(meta["serial_p"])
+                self.serially_dependent = bool(meta.get("serially_dependent", False))
             if "scan_null" in arrays and self._scan is not None:
                 self._scan = ShiftScan(self._scan.windows, self._scan.dim, ScanNull.from_array(arrays["scan_null"]),
                                        budget=self.config.shift_budget)

@@ -4,7 +4,7 @@ from dataclasses import replace
 import numpy as np
 
 from app.drift import DriftConfig, DriftMonitor
-from app.drift.lrv import ar_lrv_factor, window_factors
+from app.drift.lrv import ar_lrv_factor, ljung_box, window_factors
 from app.drift.reference import state_path
 
 from .synth import centres, feed, sample
@@ -98,3 +98,50 @@ def test_factors_are_saved_and_old_states_load_with_factor_one(tmp_path):
     assert not old.warming_up and old.lrv_signals is None and np.all(old._scan.lrv == 1.0)
     z = old._rz[-64:]
     np.testing.assert_array_equal(old._detector_input(z.copy(), 0), old.ranks.scores(z.copy(), 0))
+
+
+def test_ljung_box_p_values_are_uniform_for_iid_sequences():
+    # the warm-up's test must reject an i.i.d. collection at its nominal level (serial_alpha), no more
+    rng = np.random.default_rng(96)
+    p = np.array([ljung_box([rng.normal(size=1500), rng.normal(size=500)])[1] for _ in range(400)])
+    assert 0.02 < np.mean(p < 0.05) < 0.09 and 0.4 < np.median(p) < 0.6
+
+
+def test_a_bursty_warm_up_pools_the_factors_and_leaves_the_scan_unwatched(tmp_path):
+    # topic clusters with a common component, in same-topic runs of mean 20 (load.drift_data's
+    # synthetic pool, as in load/drift_bursty.py): the scan's warm-up factors do not see these runs
+    from load.drift_data import synthetic_pools
+    from load.drift_eval import Source, draw_index
+
+    pool = synthetic_pools(n_docs=3000, seed=98)["reuters"]
+    idx = draw_index(pool, Source(burst=20.0), np.random.default_rng(98), 22_000)
+    v, n = pool.variants["int8"][0][idx], pool.variants["int8"][1][idx]
+    # the scan as before (serial_alpha=0): it fires on the runs
+    old = DriftMonitor(KEY, tmp_path / "old", config=replace(DriftConfig(), serial_alpha=0.0))
+    feed(old, v, n, batch=256)
+    assert old.status()["serial_dependence"]["dependent"] is False
+    assert old.status()["alarms_by_signal"].get("shift", 0) >= 5, old.status()["alarms_by_signal"]
+    mon = DriftMonitor(KEY, tmp_path / "new")
+    feed(mon, v, n, batch=256)
+    st = mon.status()
+    assert st["serial_dependence"]["dependent"] is True and st["serial_dependence"]["p_value"] < 1e-10
+    assert "shift" not in st["thresholds"] and st["alarms_by_signal"].get("shift", 0) == 0
+    cols = [j for j, s in enumerate(mon.signal_names) if s != "shift"]
+    f = mon.lrv_signals[cols]
+    assert np.all(f == f.max()) and f.max() > 3.0  # every PageHinkley signal gets the largest factor
+    assert f.max() == old.lrv_signals[cols].max()  # ... of the same per-signal estimates
+    before, after = sum(old.status()["alarms_by_signal"].values()), sum(st["alarms_by_signal"].values())
+    assert after <= before / 10, (old.status()["alarms_by_signal"], st["alarms_by_signal"])
+    # saved and restored: still unwatched after a restart
+    mon.close()
+    again = DriftMonitor(KEY, tmp_path / "new")
+    assert again.status()["serial_dependence"] == st["serial_dependence"]
+    assert "shift" not in again.thresholds and again.bank.thresholds["shift"] == float("inf")
+    np.testing.assert_array_equal(again.lrv_signals, mon.lrv_signals)
+
+    # an i.i.d. collection passes the test: per-signal factors, the scan watched
+    iid = DriftMonitor(KEY, tmp_path / "iid")
+    idx = draw_index(pool, Source(), np.random.default_rng(99), 2000)
+    feed(iid, pool.variants["int8"][0][idx], pool.variants["int8"][1][idx])
+    dep = iid.status()["serial_dependence"]
+    assert dep["dependent"] is False and dep["p_value"] > 1e-3 / 6 and "shift" in iid.thresholds
