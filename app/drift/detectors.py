@@ -22,6 +22,8 @@ from river import drift
 __all__ = ["Alarm", "DetectorSpec", "DetectorBank", "DETECTOR_KINDS", "THRESHOLD_LABEL", "upcrossings"]
 
 THRESHOLD_LABEL = "Threshold"
+#: River's PageHinkley defaults (for a spec that leaves them out)
+PH_DEFAULT_THRESHOLD, PH_DEFAULT_DELTA = 50.0, 0.005
 
 DETECTOR_KINDS = {
     "page_hinkley": ("PageHinkley", drift.PageHinkley),
@@ -93,6 +95,10 @@ class DetectorBank:
     ``one_sided`` names signals where only an increase is drift (PageHinkley gets ``mode="up"``).
     ``thresholds`` maps signals watched by a threshold rule instead (every event, no blocks, one
     alarm per up-crossing; see :func:`upcrossings`) to their thresholds.
+    ``scales`` maps signals whose input the caller divided by ``s = sqrt(f)`` (``f``: their
+    long-run-variance factor, :mod:`app.drift.lrv`) to ``s``: their PageHinkley threshold is
+    multiplied by ``s`` and its ``delta`` divided by ``s`` - in the signal's own units, threshold x
+    ``f`` and ``delta`` unchanged (DRIFT.md section 3).
     ``update(z, start)`` takes a batch of standardised signals ``z`` (n, n_signals) whose first row
     is global event ``start``; NaN entries (a signal missing for that event) are skipped. It returns
     the alarms in event order. A block is per signal: it completes on the ``block``-th valid value.
@@ -109,7 +115,7 @@ class DetectorBank:
     """
 
     def __init__(self, signals: list[str] | tuple[str, ...], specs: list[DetectorSpec], *, block: int = 4,
-                 one_sided=(), thresholds: dict[str, float] | None = None):
+                 one_sided=(), thresholds: dict[str, float] | None = None, scales: dict[str, float] | None = None):
         if block < 1:
             raise ValueError("block must be >= 1")
         self.signals = tuple(signals)
@@ -117,11 +123,27 @@ class DetectorBank:
         self.block = int(block)
         self.one_sided = frozenset(one_sided)
         self.thresholds = {k: float(v) for k, v in (thresholds or {}).items() if k in self.signals}
+        self.scales = {k: float(v) for k, v in (scales or {}).items() if k in self.signals and float(v) != 1.0}
         self.reset()
 
     def _build(self, spec: DetectorSpec, signal: str):
-        if signal in self.one_sided and spec.kind == "page_hinkley":
-            return DetectorSpec(spec.kind, {**spec.params, "mode": "up"}).build()
+        """The detector of ``spec`` for ``signal``.
+
+        >>> spec = DetectorSpec("page_hinkley", {"threshold": 6.0, "delta": 0.25})
+        >>> bank = DetectorBank(["a", "b"], [spec], scales={"b": 2.0})
+        >>> [(d.threshold, d.delta) for d in (bank._build(spec, "a"), bank._build(spec, "b"))]
+        [(6.0, 0.25), (12.0, 0.125)]
+        """
+        if spec.kind == "page_hinkley":
+            params = dict(spec.params)
+            s = self.scales.get(signal)
+            if s is not None:
+                params["threshold"] = params.get("threshold", PH_DEFAULT_THRESHOLD) * s
+                params["delta"] = params.get("delta", PH_DEFAULT_DELTA) / s
+            if signal in self.one_sided:
+                params["mode"] = "up"
+            if params != spec.params:
+                return DetectorSpec(spec.kind, params).build()
         return spec.build()
 
     def reset(self) -> None:

@@ -15,9 +15,14 @@ dependence gives ``f`` per collection, as it gives the other calibrated quantiti
   its own mean), by the autoregressive spectral estimate at frequency 0 (:func:`ar_lrv_factor`:
   Yule-Walker / Levinson-Durbin, order by AIC up to ``10 log10 n`` - R's ``ar()`` default - and
   ``f = sigma_p^2 / (1 - sum phi)^2 / gamma_0``). For i.i.d. data AIC picks order 0 and ``f = 1``
-  almost always. The monitor divides the scores by ``sqrt(f)``: PageHinkley's cumulative sum then
-  has the long-run variance of the i.i.d. case for which its threshold was tabulated (equivalently:
-  threshold and ``delta`` multiplied by ``sqrt(f)``).
+  almost always. PageHinkley's false-alarm rate goes like ``exp(-2 delta h / sigma^2)`` with
+  ``sigma^2`` the long-run variance of its input (Brownian approximation), so its threshold ``h`` is
+  multiplied by ``f`` and ``delta`` kept: the same rate as the i.i.d. case for which ``h`` was
+  tabulated, and the same smallest detectable shift (``delta``), found later. (Multiplying both ``h``
+  and ``delta`` by ``sqrt(f)`` keeps the rate too, but no shift below ``delta sqrt(f)`` is ever
+  found: a bursty collection then never reported a lasting switch to one topic - DRIFT.md
+  section 3.) The monitor divides the scores by ``sqrt(f)`` and the detector bank multiplies the
+  threshold by ``sqrt(f)`` and divides ``delta`` by it, which is the same.
 * **the ``shift`` scan**: the centred unit rows' *trace* autocorrelation
   ``rho_k = E[(u_i - m).(u_{i+k} - m)] / tr C`` (pairs of distinct documents), summed with the
   window's own triangular weights (:func:`window_factors`): for a window of ``W`` rows

@@ -654,15 +654,19 @@ class DriftMonitor:
         if self._scan is not None and self._scan.windows:
             thr["shift"] = (math.inf if self.serially_dependent else
                             c.shift_threshold if c.shift_threshold is not None else self._scan.threshold)
+        f = self.lrv_signals
+        scales = {} if f is None else {s: math.sqrt(f[j]) for j, s in enumerate(self.signal_names) if f[j] > 1.0}
         self.bank = DetectorBank(self.signal_names, c.detector_specs(n_null), block=c.block,
-                                 one_sided=ONE_SIDED, thresholds=thr)
+                                 one_sided=ONE_SIDED, thresholds=thr, scales=scales)
 
     def _detector_input(self, z: np.ndarray, start: int) -> np.ndarray:
         return self._lrv_scale(self.ranks.scores(z, start)) if self.ranks is not None else z
 
     def _lrv_scale(self, scores: np.ndarray) -> np.ndarray:
-        """Rank scores divided by sqrt(f) of their signal: PageHinkley's cumulative sum then has the
-        long-run variance of the i.i.d. scores its threshold was tabulated for (app.drift.lrv)."""
+        """Rank scores divided by sqrt(f) of their signal: their long-run variance is then that of the
+        i.i.d. scores PageHinkley's threshold was tabulated for; the bank multiplies that signal's
+        threshold by sqrt(f) and divides its delta by sqrt(f) (DetectorBank ``scales``): in the
+        scores' own units, threshold x f and delta unchanged (app.drift.lrv)."""
         f = self.lrv_signals
         if f is None or not np.any(f > 1.0):
             return scores

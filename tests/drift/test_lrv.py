@@ -145,3 +145,24 @@ def test_a_bursty_warm_up_pools_the_factors_and_leaves_the_scan_unwatched(tmp_pa
     feed(iid, pool.variants["int8"][0][idx], pool.variants["int8"][1][idx])
     dep = iid.status()["serial_dependence"]
     assert dep["dependent"] is False and dep["p_value"] > 1e-3 / 6 and "shift" in iid.thresholds
+
+
+def test_a_bursty_collection_still_reports_a_lasting_switch_to_one_topic(tmp_path):
+    # PageHinkley's threshold grows with f, its delta does not: a lasting move smaller than
+    # delta * sqrt(f) is still found (with delta * sqrt(f) as well, this switch was never reported)
+    from load.drift_data import synthetic_pools
+    from load.drift_eval import Source, draw_index
+
+    pool = synthetic_pools(n_docs=3000, seed=100)["reuters"]
+    rng = np.random.default_rng(100)
+    idx = np.concatenate([draw_index(pool, Source(burst=20.0), rng, 2000 + 3000),
+                          draw_index(pool, Source(topics=("acq",), burst=20.0), rng, 4000)])
+    v, n = pool.variants["int8"][0][idx], pool.variants["int8"][1][idx]
+    mon = DriftMonitor(KEY, tmp_path)
+    alerts = feed(mon, v, n, batch=256)
+    assert mon.serially_dependent and mon.lrv_signals.max() > 5.0
+    fired = [a.event_index for a in alerts if a.kind.value == "FIRED"]
+    assert fired and fired[0] >= 5000, fired  # nothing before the switch, then found
+    bank = mon.bank
+    s = {name: float(np.sqrt(f)) for name, f in zip(mon.signal_names, mon.lrv_signals) if name != "shift"}
+    assert bank.scales == s and all(d.delta == 0.25 / s["centroid"] for d in bank._detectors[0])
