@@ -265,6 +265,7 @@ class Delivery:
             m.observe_batch(result, elapsed, int(time.time() * 1000))
             if self.drift is not None:
                 m.drift_warming_up.set(1 if self.drift.monitor.warming_up else 0)
+                m.drift_serially_dependent.set(1 if self.drift.monitor.serially_dependent else 0)
                 m.drift_observed.set(self.drift.monitor.n_seen)
         c = result.counts
         log.info("batch events=%d written=%d deleted=%d stale=%d duplicate=%d dead_lettered=%d "

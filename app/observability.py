@@ -77,6 +77,10 @@ class Metrics:
         self.drift_active = Gauge("embedstream_drift_active", "1 while a drift episode is open", registry=r)
         self.drift_warming_up = Gauge("embedstream_drift_warming_up", "1 while the drift reference is being "
                                       "learned", registry=r)
+        self.drift_serially_dependent = Gauge("embedstream_drift_serially_dependent", "1 when the drift "
+                                              "warm-up found the collection fed in bursts (serially dependent): "
+                                              "wider PageHinkley thresholds, the shift scan not watched "
+                                              "(DRIFT.md section 3)", registry=r)
         self.drift_observed = Gauge("embedstream_drift_vectors_observed", "Vectors seen by the drift monitor",
                                     registry=r)
         self.lag = Gauge("embedstream_consumer_lag", "Records between the committed (or acked) position and "
