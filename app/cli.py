@@ -162,7 +162,8 @@ def cmd_worker(args) -> int:
 
         collection = getattr(store, "collection", s.collection_prefix)
         drift = DriftStage(encoder.fingerprint, collection, Path(s.data_dir) / "drift",
-                           DriftConfig(warmup=s.drift_warmup), encoder=encoder, canary_every=s.drift_canary_every)
+                           DriftConfig(warmup=s.drift_warmup, serial_alpha=s.drift_serial_alpha), encoder=encoder,
+                           canary_every=s.drift_canary_every)
         atexit.register(drift.close)
     log.info("worker ready: model %s on %s (%.1fs), store %s, topics %s -> %s",
              processor.fingerprint, processor.encoder.provider, time.perf_counter() - t,

@@ -100,6 +100,10 @@ class Settings:
     drift_warmup: int = _s(2000, "Vectors used to learn the drift reference and its thresholds (no alerts before; "
                                  "3/4 fit it, 1/4 is the collection's own null sample; >= 1000 advised).")
     drift_canary_every: int = _s(64, "Run the encoder canary every N batches (and at start-up); 0: never.")
+    drift_serial_alpha: float = _s(0.001, "Level of the drift warm-up's test of serial independence: a collection "
+                                          "that fails it is fed in bursts and watched more coarsely (wider "
+                                          "PageHinkley thresholds, the shift scan unwatched; DRIFT.md section 3). "
+                                          "0: never.")
     # --- store -------------------------------------------------------------------------
     store: str = _s("lancedb", "Vector store: lancedb (embedded) or weaviate.", choices=("lancedb", "weaviate"))
     data_dir: str = _s("./data", "Directory for LanceDB files, drift state and the embedded broker's log.")
@@ -199,6 +203,8 @@ class Settings:
         if self.dlq_max_consecutive < 0 or not 0 < self.dlq_max_share <= 1 or self.dlq_window < 1:
             errors.append(f"{PREFIX}DLQ_MAX_CONSECUTIVE={self.dlq_max_consecutive} (>= 0), {PREFIX}DLQ_MAX_SHARE="
                           f"{self.dlq_max_share} (0 < share <= 1), {PREFIX}DLQ_WINDOW={self.dlq_window} (>= 1)")
+        if not 0 <= self.drift_serial_alpha < 1:
+            errors.append(f"{PREFIX}DRIFT_SERIAL_ALPHA={self.drift_serial_alpha}: must be in [0, 1)")
         if self.unready_after_s <= 0 or self.stall_after_s <= 0 or self.health_interval_s <= 0:
             errors.append(f"{PREFIX}UNREADY_AFTER_S, {PREFIX}STALL_AFTER_S and {PREFIX}HEALTH_INTERVAL_S must be > 0")
         if self.security_protocol.startswith("SASL") and self.sasl_mechanism.upper() not in (

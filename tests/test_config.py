@@ -17,6 +17,7 @@ def test_defaults_and_env_precedence(tmp_path):
     ({"EMBEDSTREAM_SESSION_TIMEOUT_S": "3"}, "SESSION_TIMEOUT_S"),
     ({"EMBEDSTREAM_LOG_JSON": "maybe"}, "LOG_JSON"),
     ({"EMBEDSTREAM_SECURITY_PROTOCOL": "SASL_SSL"}, "SASL"),
+    ({"EMBEDSTREAM_DRIFT_SERIAL_ALPHA": "1.5"}, "DRIFT_SERIAL_ALPHA"),
 ])
 def test_validation_errors_name_the_setting(env, msg):
     with pytest.raises(ConfigError, match=msg):
