@@ -95,10 +95,10 @@ class DetectorBank:
     ``one_sided`` names signals where only an increase is drift (PageHinkley gets ``mode="up"``).
     ``thresholds`` maps signals watched by a threshold rule instead (every event, no blocks, one
     alarm per up-crossing; see :func:`upcrossings`) to their thresholds.
-    ``scales`` maps signals whose input the caller divided by ``s = sqrt(f)`` (``f``: their
-    long-run-variance factor, :mod:`app.drift.lrv`) to ``s``: their PageHinkley threshold is
-    multiplied by ``s`` and its ``delta`` divided by ``s`` - in the signal's own units, threshold x
-    ``f`` and ``delta`` unchanged (DRIFT.md section 3).
+    ``scales`` maps signals to ``s = sqrt(f)`` (``f``: their long-run-variance factor,
+    :mod:`app.drift.lrv`): their values are divided by ``s``, their PageHinkley threshold multiplied
+    by ``s`` and its ``delta`` divided by ``s`` - in the signal's own units, threshold x ``f`` and
+    ``delta`` unchanged (DRIFT.md section 3).
     ``update(z, start)`` takes a batch of standardised signals ``z`` (n, n_signals) whose first row
     is global event ``start``; NaN entries (a signal missing for that event) are skipped. It returns
     the alarms in event order. A block is per signal: it completes on the ``block``-th valid value.
@@ -124,6 +124,8 @@ class DetectorBank:
         self.one_sided = frozenset(one_sided)
         self.thresholds = {k: float(v) for k, v in (thresholds or {}).items() if k in self.signals}
         self.scales = {k: float(v) for k, v in (scales or {}).items() if k in self.signals and float(v) != 1.0}
+        self._scale_cols = [j for j, s in enumerate(self.signals) if s in self.scales]
+        self._scale_vals = np.array([self.scales[self.signals[j]] for j in self._scale_cols])
         self.reset()
 
     def _build(self, spec: DetectorSpec, signal: str):
@@ -163,6 +165,9 @@ class DetectorBank:
         z = np.asarray(z, dtype=np.float64)
         if z.ndim != 2 or z.shape[1] != len(self.signals):
             raise ValueError(f"expected (n, {len(self.signals)}) signals, got {z.shape}")
+        if self._scale_cols:  # a copy: the caller's array is left as it was
+            z = z.copy()
+            z[:, self._scale_cols] = z[:, self._scale_cols] / self._scale_vals
         n = len(z)
         alarms: list[Alarm] = []
         if n == 0:

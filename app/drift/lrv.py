@@ -21,8 +21,8 @@ dependence gives ``f`` per collection, as it gives the other calibrated quantiti
   tabulated, and the same smallest detectable shift (``delta``), found later. (Multiplying both ``h``
   and ``delta`` by ``sqrt(f)`` keeps the rate too, but no shift below ``delta sqrt(f)`` is ever
   found: a bursty collection then never reported a lasting switch to one topic - DRIFT.md
-  section 3.) The monitor divides the scores by ``sqrt(f)`` and the detector bank multiplies the
-  threshold by ``sqrt(f)`` and divides ``delta`` by it, which is the same.
+  section 3.) The detector bank divides the scores by ``sqrt(f)``, multiplies the threshold by
+  ``sqrt(f)`` and divides ``delta`` by it, which is the same (``DetectorBank(scales=...)``).
 * **the ``shift`` scan**: the centred unit rows' *trace* autocorrelation
   ``rho_k = E[(u_i - m).(u_{i+k} - m)] / tr C`` (pairs of distinct documents), summed with the
   window's own triangular weights (:func:`window_factors`): for a window of ``W`` rows

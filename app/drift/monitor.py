@@ -643,7 +643,7 @@ class DriftMonitor:
         c = self.config
         self.ranks = RankScores(rows, self._ph_columns(), seed=c.seed) if c.rank_scores else None
         self._new_bank(self.ranks.n if self.ranks is not None else len(rows))
-        prime = self._lrv_scale(self.ranks.own(rows, start)) if self.ranks is not None else rows
+        prime = self.ranks.own(rows, start) if self.ranks is not None else rows
         if len(prime):
             self.bank.update(prime, start=start)  # alarms while priming are discarded
         self.bank.reset_blocks()
@@ -654,25 +654,15 @@ class DriftMonitor:
         if self._scan is not None and self._scan.windows:
             thr["shift"] = (math.inf if self.serially_dependent else
                             c.shift_threshold if c.shift_threshold is not None else self._scan.threshold)
+        # long-run-variance factors: the bank divides those signals by sqrt(f) and widens their
+        # PageHinkley threshold to match (app.drift.lrv)
         f = self.lrv_signals
         scales = {} if f is None else {s: math.sqrt(f[j]) for j, s in enumerate(self.signal_names) if f[j] > 1.0}
         self.bank = DetectorBank(self.signal_names, c.detector_specs(n_null), block=c.block,
                                  one_sided=ONE_SIDED, thresholds=thr, scales=scales)
 
     def _detector_input(self, z: np.ndarray, start: int) -> np.ndarray:
-        return self._lrv_scale(self.ranks.scores(z, start)) if self.ranks is not None else z
-
-    def _lrv_scale(self, scores: np.ndarray) -> np.ndarray:
-        """Rank scores divided by sqrt(f) of their signal: their long-run variance is then that of the
-        i.i.d. scores PageHinkley's threshold was tabulated for; the bank multiplies that signal's
-        threshold by sqrt(f) and divides its delta by sqrt(f) (DetectorBank ``scales``): in the
-        scores' own units, threshold x f and delta unchanged (app.drift.lrv)."""
-        f = self.lrv_signals
-        if f is None or not np.any(f > 1.0):
-            return scores
-        cols = [j for j in self._ph_columns() if f[j] > 1.0]
-        scores[:, cols] = scores[:, cols] / np.sqrt(f[cols])
-        return scores
+        return self.ranks.scores(z, start) if self.ranks is not None else z
 
     # ------------------------------------------------------------------ live
     def _observe_live(self, v, *, wm, norms, doc_ids, partitions, offsets) -> list[DriftAlert]:
