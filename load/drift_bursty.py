@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from app.drift import DriftConfig, DriftMonitor
+from app.drift.detectors import upcrossings
 from app.drift.nulls import scan_threshold
 from load import drift_data
 from load.drift_eval import Source, draw_index
@@ -68,13 +69,12 @@ def stretch_counts(labels: np.ndarray, lengths=STRETCHES) -> dict:
 
 
 def up_crossings(excess: np.ndarray) -> int:
-    """Events where ``excess`` becomes > 0 (the threshold rule's alarms: one per up-crossing).
+    """Events where ``excess`` becomes > 0: the monitor's threshold rule (one alarm per up-crossing), NaN below.
 
     >>> up_crossings(np.array([-1, 1, 2, -1, 0.5, np.nan, 3]))
     3
     """
-    a = np.nan_to_num(excess, nan=-np.inf) > 0
-    return int(a[0]) + int(np.sum(a[1:] & ~a[:-1]))
+    return len(upcrossings(np.nan_to_num(excess, nan=-np.inf), 0.0)[0])
 
 
 def _skew(x: np.ndarray) -> float:
