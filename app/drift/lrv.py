@@ -72,9 +72,16 @@ def _autocov(segments, max_lag: int) -> tuple[np.ndarray, int]:
     return num / max(total, 1), total
 
 
-def _max_lag(n: int, max_lag: int | None) -> int:
-    pmax = int(10 * math.log10(n)) if max_lag is None else int(max_lag)
-    return max(min(pmax, n // 4), 0)
+def _sample_autocov(segments, max_lag: int | None) -> tuple[np.ndarray, int] | None:
+    """Pooled autocovariances at lags ``0..L`` and the number of values, ``L = max_lag`` (default
+    ``10 log10 n``) capped at ``n / 4``; None for fewer than :data:`MIN_LRV_SAMPLE` values or a
+    constant sequence."""
+    n = sum(int(np.isfinite(np.asarray(s, dtype=np.float64)).sum()) for s in segments)
+    if n < MIN_LRV_SAMPLE:
+        return None
+    lag = int(10 * math.log10(n)) if max_lag is None else int(max_lag)
+    g, n = _autocov(segments, max(min(lag, n // 4), 0))
+    return (g, n) if g[0] > 0 else None
 
 
 def ljung_box(segments, max_lag: int | None = None) -> tuple[float, float]:
@@ -91,13 +98,11 @@ def ljung_box(segments, max_lag: int | None = None) -> tuple[float, float]:
     >>> q, p = ljung_box([x]); p < 1e-12
     True
     """
-    n = sum(int(np.isfinite(np.asarray(s, dtype=np.float64)).sum()) for s in segments)
-    if n < MIN_LRV_SAMPLE:
+    est = _sample_autocov(segments, max_lag)
+    if est is None or len(est[0]) < 2:
         return 0.0, 1.0
-    m = _max_lag(n, max_lag)
-    g, n = _autocov(segments, m)
-    if not g[0] > 0 or m < 1:
-        return 0.0, 1.0
+    g, n = est
+    m = len(g) - 1
     k = np.arange(1, m + 1)
     q = float(n * (n + 2) * np.sum((g[1:] / g[0]) ** 2 / (n - k)))
     return q, float(chdtrc(m, q))
@@ -112,13 +117,11 @@ def ar_lrv_factor(segments, max_order: int | None = None) -> float:
     Capped at ``n`` (the whole sample one effective observation); 1 for fewer than
     :data:`MIN_LRV_SAMPLE` values or a constant sequence.
     """
-    n = sum(int(np.isfinite(np.asarray(s, dtype=np.float64)).sum()) for s in segments)
-    if n < MIN_LRV_SAMPLE:
+    est = _sample_autocov(segments, max_order)
+    if est is None:
         return 1.0
-    pmax = _max_lag(n, max_order)
-    g, n = _autocov(segments, pmax)
-    if not g[0] > 0:
-        return 1.0
+    g, n = est
+    pmax = len(g) - 1
     best_aic, best_v, best_sum = n * math.log(g[0]), g[0], 0.0
     phi = np.zeros(0)
     v = g[0]
