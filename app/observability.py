@@ -81,8 +81,8 @@ class Metrics:
                                               "warm-up found the collection fed in bursts (serially dependent): "
                                               "wider PageHinkley thresholds, the shift scan not watched "
                                               "(DRIFT.md section 3)", registry=r)
-        self.drift_observed = Gauge("embedstream_drift_vectors_observed", "Vectors seen by the drift monitor",
-                                    registry=r)
+        self.drift_observed = Gauge("embedstream_drift_vectors_observed", "Vectors seen by the drift monitor "
+                                    "(one per event: the mean of its chunks)", registry=r)
         self.lag = Gauge("embedstream_consumer_lag", "Records between the committed (or acked) position and "
                          "the fetch high-watermark, per assigned partition (refreshed on a timer)",
                          ["topic", "partition"], registry=r)
