@@ -97,14 +97,14 @@ class Settings:
                                "tenth of them, at least 100, were seen).")
     # --- drift ---------------------------------------------------------------------------
     drift_enabled: bool = _s(True, "Watch the produced vectors for drift and publish alerts.")
-    drift_warmup: int = _s(2000, "Vectors used to learn the drift reference and its thresholds (no alerts before; "
-                                 "3/4 fit it, 1/4 is the collection's own null sample; >= 1000 advised).")
+    drift_warmup: int = _s(2000, "Events used to learn the drift reference and its thresholds (one vector each, the "
+                                 "mean of its chunks; no alerts before; 3/4 fit it, 1/4 is the collection's own "
+                                 "null sample; >= 1000 advised).")
     drift_canary_every: int = _s(64, "Run the encoder canary every N batches (and at start-up); 0: never.")
-    drift_serial_alpha: float = _s(0.0, "Level of the drift warm-up's test of serial independence (e.g. 0.001): "
-                                        "a collection that fails it is fed in bursts and watched more coarsely "
-                                        "(wider PageHinkley thresholds, the shift scan unwatched; DRIFT.md section "
-                                        "3). 0 (default): off - the worker feeds chunk vectors, and the chunks of "
-                                        "one document, consecutive, fail the test too.")
+    drift_serial_alpha: float = _s(0.001, "Level of the drift warm-up's test of serial independence: a collection that "
+                                          "fails it is fed in bursts (same-topic runs of documents) and watched more "
+                                          "coarsely (wider PageHinkley thresholds, the shift scan unwatched; DRIFT.md "
+                                          "section 3). 0: never.")
     # --- store -------------------------------------------------------------------------
     store: str = _s("lancedb", "Vector store: lancedb (embedded) or weaviate.", choices=("lancedb", "weaviate"))
     data_dir: str = _s("./data", "Directory for LanceDB files, drift state and the embedded broker's log.")
