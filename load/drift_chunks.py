@@ -80,8 +80,9 @@ class ChunkPool:
         return np.concatenate([np.arange(self.starts[d], self.starts[d] + self.counts[d]) for d in docs])
 
 
-def chunk_pool(corpus: str, part: str, cache: Path) -> ChunkPool:
-    """The chunk pool of one part of a corpus, built with the worker's chunker and int8 encoder."""
+def chunk_pool(corpus: str, part: str, cache: Path, variant: str = "int8") -> ChunkPool:
+    """The chunk pool of one part of a corpus, built with the worker's chunker and the ``variant``
+    encoder (int8: the worker's on CPU)."""
     from app.chunking import Chunker
 
     loader, _variants, cap, name = drift_data.CORPORA[corpus]
@@ -91,11 +92,12 @@ def chunk_pool(corpus: str, part: str, cache: Path) -> ChunkPool:
     texts, labels = [texts[i] for i in rows], np.array(labels)[rows]
     if not texts:  # a corpus held out whole, in the tuning part
         return ChunkPool(name, labels, np.zeros(0, dtype=np.int64), np.zeros((0, 0), np.float32), np.zeros(0, np.float32))
-    enc = drift_data.load_encoder("int8")
+    enc = drift_data.load_encoder(variant)
     chunker = Chunker(enc.tokenizer)
     h = hashlib.sha256("\0".join(texts).encode()).hexdigest()[:12]
     fp = hashlib.sha256(enc.fingerprint.encode()).hexdigest()[:12]
-    path = Path(cache) / "embeddings" / f"{corpus}-chunks-{chunker.signature}-{fp}-{h}.npz"
+    kind = "chunks" if variant == "int8" else f"chunks-{variant}"
+    path = Path(cache) / "embeddings" / f"{corpus}-{kind}-{chunker.signature}-{fp}-{h}.npz"
     if path.exists():
         with np.load(path) as d:
             return ChunkPool(name, labels, d["counts"], d["vectors"], d["norms"])
@@ -108,7 +110,7 @@ def chunk_pool(corpus: str, part: str, cache: Path) -> ChunkPool:
         vecs.append(v)
         norms.append(n)
         done = min(s + 256, len(tokens))
-        print(f"\r[drift_chunks] {name}/{part}: {done}/{len(tokens)} chunks, "
+        print(f"\r[drift_chunks] {name}/{part}/{variant}: {done}/{len(tokens)} chunks, "
               f"{done / (time.perf_counter() - t0):.0f}/s", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     v, n = np.vstack(vecs).astype(np.float32), np.concatenate(norms).astype(np.float32)
@@ -133,8 +135,10 @@ def synthetic_pool(n_docs: int, seed: int = 0, dim: int = 64) -> ChunkPool:
                      norms.astype(np.float32))
 
 
-def run_stream(pool: ChunkPool, docs: np.ndarray, feeding: str, config: DriftConfig) -> dict:
-    """Feed one stream of documents (pool indices) in batches of BATCH_DOCS documents.
+def run_stream(pool: ChunkPool, docs: np.ndarray, feeding: str, config: DriftConfig,
+               alt: ChunkPool | None = None, alt_from: int = 0) -> dict:
+    """Feed one stream of documents (pool indices) in batches of BATCH_DOCS documents; the documents
+    from position ``alt_from`` on are taken from ``alt`` (the same documents through another encoder).
 
     ``fired_docs``: the position in ``docs`` of the document of each FIRED alert's event."""
     mon = DriftMonitor(("fingerprint", pool.name), Path(tempfile.mkdtemp(prefix="drift-chunks-")), config=config)
@@ -144,6 +148,9 @@ def run_stream(pool: ChunkPool, docs: np.ndarray, feeding: str, config: DriftCon
         r = pool.rows(batch)
         ids = np.repeat(batch, pool.counts[batch])
         v, n = pool.vectors[r], pool.norms[r]
+        if alt is not None and s + len(batch) > alt_from:
+            swap = np.repeat(np.arange(s, s + len(batch)) >= alt_from, pool.counts[batch])
+            v[swap], n[swap] = alt.vectors[r[swap]], alt.norms[r[swap]]
         if feeding == "events":
             # event_vectors tells events apart by identity, as the worker's records: one object each
             events = [object() for _ in batch]
@@ -161,6 +168,16 @@ def run_stream(pool: ChunkPool, docs: np.ndarray, feeding: str, config: DriftCon
             "flagged": bool(st["serial_dependence"] and st["serial_dependence"]["dependent"])}
 
 
+def _row(part: str, pool: str, stream: str, feeding: str, alpha: float, t0: float, **fields) -> dict:
+    return {"part": part, "pool": pool, "stream": stream, "feeding": feeding, "serial_alpha": alpha, **fields,
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _label(row: dict) -> str:
+    return (f"{row['part']:8s} {row['pool']:9s} {row['stream']:14s} "
+            f"{row['feeding'] + '/' + format(row['serial_alpha'], 'g'):12s}")
+
+
 def evaluate(pools: dict[str, ChunkPool], *, part: str, streams: int, docs: int, burst: float,
              config: DriftConfig | None = None, log=print) -> list[dict]:
     config = config or DriftConfig()
@@ -173,31 +190,34 @@ def evaluate(pools: dict[str, ChunkPool], *, part: str, streams: int, docs: int,
                 tot = {"rows": 0, "live": 0, "fired": 0, "flagged": 0, "alarms": Counter()}
                 t0 = time.perf_counter()
                 for k in range(streams):
-                    seed = base + 7919 * k + (0 if kind == "iid" else 104_729)  # the same streams for both feedings
+                    seed = base + 7919 * k + (0 if kind == "iid" else 104_729)  # the same streams for every feeding
                     idx = draw_index(pool, src, np.random.default_rng(seed), docs)
                     r = run_stream(pool, idx, feeding, replace(config, serial_alpha=alpha))
                     for key in ("rows", "live", "fired"):
                         tot[key] += r[key]
                     tot["flagged"] += r["flagged"]
                     tot["alarms"].update(r["alarms"])
-                row = {"part": part, "pool": name, "stream": kind, "feeding": feeding, "serial_alpha": alpha,
-                       "streams": streams,
-                       "docs_per_stream": docs, "rows": tot["rows"], "fired": tot["fired"],
-                       "fired_per_100k": round(1e5 * tot["fired"] / max(tot["live"], 1), 2),
-                       "alarms_by_signal": dict(tot["alarms"]), "warmups_flagged": tot["flagged"],
-                       "seconds": round(time.perf_counter() - t0, 1)}
+                row = _row(part, name, kind, feeding, alpha, t0, streams=streams, docs_per_stream=docs,
+                           rows=tot["rows"], fired=tot["fired"],
+                           fired_per_100k=round(1e5 * tot["fired"] / max(tot["live"], 1), 2),
+                           alarms_by_signal=dict(tot["alarms"]), warmups_flagged=tot["flagged"])
                 out.append(row)
-                log(f"{part:8s} {name:9s} {kind:6s} {feeding + '/' + format(alpha, 'g'):12s} rows {row['rows']:>8d}  FIRED {row['fired']:>4d}"
-                    f"  per 100k {row['fired_per_100k']:>7.2f}  flagged {row['warmups_flagged']}/{streams}"
-                    f"  alarms {row['alarms_by_signal']}  ({row['seconds']} s)")
+                log(f"{_label(row)} rows {row['rows']:>8d}  FIRED {row['fired']:>4d}  per 100k "
+                    f"{row['fired_per_100k']:>7.2f}  flagged {row['warmups_flagged']}/{streams}  alarms "
+                    f"{row['alarms_by_signal']}  ({row['seconds']} s)")
     return out
 
 
 def switches(pools: dict[str, ChunkPool], *, part: str, runs: int, before: int = 3000, after: int = 2000,
-             config: DriftConfig | None = None, log=print) -> list[dict]:
-    """Topic switches: the pool's natural mix, then its largest topic alone (``load.drift_eval``'s
-    ``topic:P:mix->T``), ``before`` documents after the warm-up; the delay, in documents, of the first
-    FIRED alert at or after the switch (a miss: none within ``after``; an alert before it: false)."""
+             config: DriftConfig | None = None, fp32: dict[str, ChunkPool] | None = None, log=print) -> list[dict]:
+    """Changes ``before`` documents after the warm-up; the delay, in documents, of the first FIRED
+    alert at or after the change (a miss: none within ``after``; an alert before it: false):
+
+    * ``mix->T``: the pool's natural mix, then its largest topic alone (``load.drift_eval``'s
+      ``topic:P:mix->T``);
+    * ``int8->fp32`` (with ``fp32`` pools): the same stream of documents, through the fp32 encoder
+      from the change on (``encoder:P:int8->fp32``; the canary's job first, section 5).
+    """
     config = config or DriftConfig()
     base = drift_split.HOLDOUT_RUN_SEED if part == "holdout" else drift_split.TUNE_RUN_SEED
     out = []
@@ -205,25 +225,25 @@ def switches(pools: dict[str, ChunkPool], *, part: str, runs: int, before: int =
         labels, sizes = np.unique(pool.labels, return_counts=True)
         top = str(labels[np.argmax(sizes)])
         switch = config.warmup + before
-        for feeding, alpha in FEEDINGS:
+        changes = [(f"mix->{top}", None)] + ([("int8->fp32", fp32[name])] if fp32 and name in fp32 else [])
+        for (change, alt), (feeding, alpha) in ((c, f) for c in changes for f in FEEDINGS):
             delays, early, t0 = [], 0, time.perf_counter()
             for k in range(runs):
                 rng = np.random.default_rng(base + 31_337 + 7919 * k)
+                after_src = Source(pool=name) if alt is not None else Source(pool=name, topics=(top,))
                 docs = np.concatenate([draw_index(pool, Source(pool=name), rng, switch),
-                                       draw_index(pool, Source(pool=name, topics=(top,)), rng, after)])
-                r = run_stream(pool, docs, feeding, replace(config, serial_alpha=alpha))
+                                       draw_index(pool, after_src, rng, after)])
+                r = run_stream(pool, docs, feeding, replace(config, serial_alpha=alpha), alt=alt, alt_from=switch)
                 early += sum(1 for d in r["fired_docs"] if d < switch)
                 late = [d - switch for d in r["fired_docs"] if d >= switch]
                 delays.append(late[0] if late else None)
             found = sorted(d for d in delays if d is not None)
-            row = {"part": part, "pool": name, "stream": f"mix->{top}", "feeding": feeding, "serial_alpha": alpha,
-                   "runs": runs, "delays": delays, "median_delay": float(np.median(found)) if found else None,
-                   "missed": runs - len(found), "fired_before_switch": early,
-                   "seconds": round(time.perf_counter() - t0, 1)}
+            row = _row(part, name, change, feeding, alpha, t0, runs=runs, delays=delays,
+                       median_delay=float(np.median(found)) if found else None, missed=runs - len(found),
+                       fired_before_switch=early)
             out.append(row)
-            log(f"{part:8s} {name:9s} {'mix->' + top:14s} {feeding + '/' + format(alpha, 'g'):12s} median delay "
-                f"{row['median_delay']} documents, missed {row['missed']}/{runs}, FIRED before the switch {early}  "
-                f"({row['seconds']} s)")
+            log(f"{_label(row)} median delay {row['median_delay']} documents, missed {row['missed']}/{runs}, "
+                f"FIRED before the switch {early}  ({row['seconds']} s)")
     return out
 
 
@@ -239,10 +259,13 @@ def main(argv=None) -> int:
                     help="mean same-topic run of the bursty streams (default 20; 0: i.i.d. streams only)")
     ap.add_argument("--switch-runs", type=int, default=10,
                     help="topic-switch streams per pool and feeding (default 10; 0: none)")
+    ap.add_argument("--encoder", action="store_true",
+                    help="also an encoder change (int8 -> fp32; builds the fp32 chunk pools: slow the first time)")
     ap.add_argument("--cache", type=Path, default=drift_data.DEFAULT_CACHE)
     ap.add_argument("--json", type=Path, help="write the rows here")
     args = ap.parse_args(argv)
     logging.getLogger("app.drift").setLevel(logging.ERROR)  # the bursty warm-ups' warning, once per stream
+    fp32: dict[str, ChunkPool] = {}
     if args.synthetic:
         pools = {"synthetic": synthetic_pool(max(args.docs // 4, 500))}
     else:
@@ -255,13 +278,15 @@ def main(argv=None) -> int:
                 return 2
             if len(pool):
                 pools[name] = pool
+                if args.encoder:
+                    fp32[name] = chunk_pool(corpus, args.part, args.cache, "fp32")
                 print(f"[drift_chunks] {name}/{args.part}: {len(pool)} documents, {int(pool.counts.sum())} chunks; "
                       f"{(pool.counts > 1).mean():.0%} have more than one, at most {int(pool.counts.max())}",
                       flush=True)
     say = lambda s: print(s, flush=True)  # noqa: E731
     rows = evaluate(pools, part=args.part, streams=args.streams, docs=args.docs, burst=args.burst, log=say)
     if args.switch_runs:
-        rows += switches(pools, part=args.part, runs=args.switch_runs, log=say)
+        rows += switches(pools, part=args.part, runs=args.switch_runs, fp32=fp32, log=say)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0

@@ -67,3 +67,19 @@ def test_a_multi_chunk_collection_fed_by_event_passes_the_serial_test_and_by_chu
     bursty = draw_index(pool, Source(pool="synthetic", burst=20.0), np.random.default_rng(6), 6000)
     assert run_stream(pool, bursty, "events", cfg)["flagged"]
     assert not run_stream(pool, bursty, "events", replace(cfg, serial_alpha=0.0))["flagged"]
+
+
+def test_documents_taken_from_another_encoder_from_a_point_on_are_reported_after_it():
+    # load.drift_chunks's encoder change: the same documents, their chunks through another encoder
+    # (here: a small common bias) from document 5000 on
+    from load.drift_chunks import ChunkPool
+
+    pool = synthetic_pool(3000, seed=7)
+    bias = np.random.default_rng(8).normal(size=pool.vectors.shape[1])
+    moved = pool.vectors + 0.25 * bias / np.linalg.norm(bias)
+    alt = ChunkPool(pool.name, pool.labels, pool.counts,
+                    (moved / np.linalg.norm(moved, axis=1, keepdims=True)).astype(np.float32), pool.norms)
+    docs = np.random.default_rng(9).integers(len(pool), size=7000)
+    r = run_stream(pool, docs, "events", DriftConfig(), alt=alt, alt_from=5000)
+    assert r["fired_docs"] and 5000 <= r["fired_docs"][0] < 5300, r["fired_docs"]
+    assert run_stream(pool, docs, "events", DriftConfig())["fired"] == 0
