@@ -107,8 +107,10 @@ def event_vectors(vectors: np.ndarray, norms: np.ndarray, records: list) -> tupl
     if len(first) == len(records):
         return vectors, norms, first
     at = np.asarray(first)
-    mean = np.add.reduceat(np.asarray(vectors, dtype=np.float64), at, axis=0)
     size = np.diff(np.append(at, len(records)))
+    mean = np.asarray(vectors[at], dtype=np.float64)
+    for k in np.nonzero(size > 1)[0]:  # a loop over the multi-chunk events: np.add.reduceat is slower here
+        mean[k] = vectors[at[k] : at[k] + size[k]].sum(axis=0, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):  # a zero mean stays NaN: counted invalid by the monitor
         mean /= np.linalg.norm(mean, axis=1, keepdims=True)
     return mean.astype(np.float32), np.add.reduceat(np.asarray(norms, dtype=np.float64), at) / size, first

@@ -247,6 +247,31 @@ def switches(pools: dict[str, ChunkPool], *, part: str, runs: int, before: int =
     return out
 
 
+def cost(pools: dict[str, ChunkPool], *, batches: int = 300, log=print) -> list[dict]:
+    """µs per event of :func:`app.alerts.event_vectors` at batches of BATCH_DOCS random documents of
+    each pool (the worker's cost of feeding by event, on top of the monitor's per-vector cost)."""
+    out = []
+    for name, pool in pools.items():
+        rng = np.random.default_rng(0)
+        total, n_ev, n_rows = 0.0, 0, 0
+        for _ in range(batches):
+            batch = rng.integers(len(pool), size=BATCH_DOCS)
+            r = pool.rows(batch)
+            v, n = pool.vectors[r], pool.norms[r]
+            events = [object() for _ in batch]
+            recs = [events[j] for j in np.repeat(np.arange(len(batch)), pool.counts[batch])]
+            t = time.perf_counter()
+            event_vectors(v, n, recs)
+            total += time.perf_counter() - t
+            n_ev, n_rows = n_ev + len(batch), n_rows + len(r)
+        row = {"pool": name, "batch_docs": BATCH_DOCS, "chunks_per_event": round(n_rows / n_ev, 2),
+               "us_per_event": round(1e6 * total / n_ev, 2)}
+        out.append(row)
+        log(f"cost     {name:9s} event_vectors: {row['us_per_event']} µs per event "
+            f"({row['chunks_per_event']} chunks per event, batches of {BATCH_DOCS})")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m load.drift_chunks", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -261,6 +286,7 @@ def main(argv=None) -> int:
                     help="topic-switch streams per pool and feeding (default 10; 0: none)")
     ap.add_argument("--encoder", action="store_true",
                     help="also an encoder change (int8 -> fp32; builds the fp32 chunk pools: slow the first time)")
+    ap.add_argument("--cost", action="store_true", help="only time app.alerts.event_vectors on each pool")
     ap.add_argument("--cache", type=Path, default=drift_data.DEFAULT_CACHE)
     ap.add_argument("--json", type=Path, help="write the rows here")
     args = ap.parse_args(argv)
@@ -284,6 +310,11 @@ def main(argv=None) -> int:
                       f"{(pool.counts > 1).mean():.0%} have more than one, at most {int(pool.counts.max())}",
                       flush=True)
     say = lambda s: print(s, flush=True)  # noqa: E731
+    if args.cost:
+        rows = cost(pools, log=say)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1))
+        return 0
     rows = evaluate(pools, part=args.part, streams=args.streams, docs=args.docs, burst=args.burst, log=say)
     if args.switch_runs:
         rows += switches(pools, part=args.part, runs=args.switch_runs, fp32=fp32, log=say)

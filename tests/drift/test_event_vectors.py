@@ -83,3 +83,10 @@ def test_documents_taken_from_another_encoder_from_a_point_on_are_reported_after
     r = run_stream(pool, docs, "events", DriftConfig(), alt=alt, alt_from=5000)
     assert r["fired_docs"] and 5000 <= r["fired_docs"][0] < 5300, r["fired_docs"]
     assert run_stream(pool, docs, "events", DriftConfig())["fired"] == 0
+
+
+def test_the_cost_benchmark_times_every_pool():
+    from load.drift_chunks import cost
+
+    [row] = cost({"synthetic": synthetic_pool(500, seed=1)}, batches=3, log=lambda s: None)
+    assert row["pool"] == "synthetic" and row["us_per_event"] > 0 and row["chunks_per_event"] > 1.0
