@@ -215,8 +215,9 @@ def switches(pools: dict[str, ChunkPool], *, part: str, runs: int, before: int =
 
     * ``mix->T``: the pool's natural mix, then its largest topic alone (``load.drift_eval``'s
       ``topic:P:mix->T``);
-    * ``int8->fp32`` (with ``fp32`` pools): the same stream of documents, through the fp32 encoder
-      from the change on (``encoder:P:int8->fp32``; the canary's job first, section 5).
+    * ``int8->fp32`` / ``fp32->int8`` (with ``fp32`` pools): the same stream of documents, through
+      the other encoder from the change on (``load.drift_eval``'s ``encoder:P:...``; the canary's
+      job first, DRIFT.md section 5).
     """
     config = config or DriftConfig()
     base = drift_split.HOLDOUT_RUN_SEED if part == "holdout" else drift_split.TUNE_RUN_SEED
@@ -225,15 +226,17 @@ def switches(pools: dict[str, ChunkPool], *, part: str, runs: int, before: int =
         labels, sizes = np.unique(pool.labels, return_counts=True)
         top = str(labels[np.argmax(sizes)])
         switch = config.warmup + before
-        changes = [(f"mix->{top}", None)] + ([("int8->fp32", fp32[name])] if fp32 and name in fp32 else [])
-        for (change, alt), (feeding, alpha) in ((c, f) for c in changes for f in FEEDINGS):
+        changes = [(f"mix->{top}", pool, None)]
+        if fp32 and name in fp32:
+            changes += [("int8->fp32", pool, fp32[name]), ("fp32->int8", fp32[name], pool)]
+        for (change, first, alt), (feeding, alpha) in ((c, f) for c in changes for f in FEEDINGS):
             delays, early, t0 = [], 0, time.perf_counter()
             for k in range(runs):
                 rng = np.random.default_rng(base + 31_337 + 7919 * k)
                 after_src = Source(pool=name) if alt is not None else Source(pool=name, topics=(top,))
                 docs = np.concatenate([draw_index(pool, Source(pool=name), rng, switch),
                                        draw_index(pool, after_src, rng, after)])
-                r = run_stream(pool, docs, feeding, replace(config, serial_alpha=alpha), alt=alt, alt_from=switch)
+                r = run_stream(first, docs, feeding, replace(config, serial_alpha=alpha), alt=alt, alt_from=switch)
                 early += sum(1 for d in r["fired_docs"] if d < switch)
                 late = [d - switch for d in r["fired_docs"] if d >= switch]
                 delays.append(late[0] if late else None)
