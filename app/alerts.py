@@ -92,10 +92,10 @@ def event_vectors(vectors: np.ndarray, norms: np.ndarray, records: list) -> tupl
     of their norms; ``first`` the index of each event's first row (for its metadata).
 
     The drift monitor's nulls assume that a drift-free stream is exchangeable. The chunks of one
-    document are not: they share its topic and, by 32 tokens, their text. Fed chunk by chunk, an
-    i.i.d. stream of Reuters documents (one in ten has more than one chunk) gave 9-16 false alarms
-    per 100k chunks, all from the ``shift`` scan; fed one vector per document, none
-    (``python -m load.drift_chunks``; DRIFT.md section 3).
+    document are not: they share its topic and, by 32 tokens, their text. Fed chunk by chunk, i.i.d.
+    streams of Reuters documents (one in ten has more than one chunk) gave 15.5 false FIRED per 100k
+    chunks, nearly all from the ``shift`` scan; fed one vector per document, none
+    (``python -m load.drift_chunks --part tune``; DRIFT.md section 3).
 
     >>> a, b = object(), object()
     >>> v = np.array([[1, 0], [0, 1], [1, 0]], dtype=np.float32)
