@@ -40,7 +40,7 @@ from app.config import Settings
 from app.deadletter import Record
 from app.delivery import EXIT_BATCH_ABANDONED, EXIT_FAILED, Delivery, DeliveryConfig, DeliveryFailed
 from app.dlq_limit import DeadLetterLimit, DeadLetterLimiter
-from app.source import TP, Batch, OffsetTracker, tp_of
+from app.source import IDLE_TICK_S, TP, Batch, OffsetTracker, tp_of
 
 log = logging.getLogger("embedstream.worker")
 #: how long SIGTERM waits for the in-flight batch to finish before giving up on it
@@ -244,7 +244,11 @@ class FaustSource:
                 if not buffer and on_idle is not None:
                     await on_idle()
                 if not buffer:  # idle: wait for an event, then linger briefly for company
-                    await stream.wait_for_stopped(self._arrived)
+                    # (on_idle runs again every IDLE_TICK_S while nothing arrives: what it does on
+                    # a quiet stream - a drift relearn request - is not put off until the next event)
+                    await stream.wait_for_stopped(self._arrived, timeout=IDLE_TICK_S if on_idle else None)
+                    if not buffer:
+                        continue
                     if linger_s > 0 and len(buffer) < max_events and not stream.should_stop:
                         await stream.wait_for_stopped(self._full, timeout=linger_s)
                 events = self._take(max_events)

@@ -27,6 +27,7 @@ after the sink flushed), reduced to what one worker needs:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import threading
@@ -35,6 +36,10 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Awaitable, Callable, Iterable, Protocol, Sequence
 
 from app.deadletter import Record
+
+#: how often a source calls ``on_idle`` again while nothing arrives (the drift stage takes a relearn
+#: request then: a quiet stream does not put it off until the next event)
+IDLE_TICK_S = 1.0
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +108,8 @@ class BatchSource(Protocol):
 
     def batches(self, max_events: int, linger_s: float,
                 on_idle: Callable[[], Awaitable[None]] | None = None) -> AsyncIterator[Batch]:
-        """Batches until the source stops. ``on_idle`` runs whenever nothing is buffered."""
+        """Batches until the source stops. ``on_idle`` runs whenever nothing is buffered, and again
+        every ``IDLE_TICK_S`` while nothing arrives."""
 
     async def ack(self, batch: Batch, tps: Iterable[TP] | None = None) -> None:
         """The store acknowledged ``batch`` (its records of ``tps``, default all): they may be committed."""
@@ -290,7 +296,11 @@ class MemorySource:
                     break
                 if not self._available():
                     self._wake.clear()
-                    await self._wake.wait()
+                    if on_idle is None:
+                        await self._wake.wait()
+                    else:  # on_idle again every IDLE_TICK_S while nothing arrives (as the Kafka source)
+                        with contextlib.suppress(asyncio.TimeoutError):
+                            await asyncio.wait_for(self._wake.wait(), IDLE_TICK_S)
                 continue
             records: list[Record] = []
             while len(records) < max_events:

@@ -390,6 +390,9 @@ def test_an_idle_worker_publishes_what_the_drift_stage_still_holds():
         def __init__(self):
             self.threads: set[str] = set()
             self.flushed = 0
+            # built here, not in flush(): its first call imports the drift package, which took
+            # 1.5-1.8 s of the 2 s the test waits on a loaded machine
+            self.alert = _alert()
 
         def observe(self, result):
             self.threads.add(threading.current_thread().name)
@@ -398,7 +401,7 @@ def test_an_idle_worker_publishes_what_the_drift_stage_still_holds():
         def flush(self):
             self.threads.add(threading.current_thread().name)
             self.flushed += 1
-            return [_alert()] if self.flushed == 1 else []
+            return [self.alert] if self.flushed == 1 else []
 
     async def main():
         src, proc = MemorySource([P0]), FakeProcessor()
@@ -409,6 +412,38 @@ def test_an_idle_worker_publishes_what_the_drift_stage_still_holds():
         await until(lambda: any(s[0] == "alerts" for s in src.sent))
         assert src.acked == {P0: 1} and stage.flushed >= 1
         assert all(t.startswith("store") for t in stage.threads), stage.threads
+        src.stop()
+        await task
+    run(main())
+
+
+def test_an_idle_worker_runs_its_idle_step_again_while_nothing_arrives(monkeypatch):
+    """A quiet stream: the drift stage is flushed again every IDLE_TICK_S (it takes a relearn request
+    then, `embedstream drift relearn`), not only once when the stream went quiet."""
+    import app.source as source_mod
+
+    monkeypatch.setattr(source_mod, "IDLE_TICK_S", 0.05)
+
+    class Counting:
+        flushed = 0
+
+        def observe(self, result):
+            return []
+
+        def flush(self):
+            self.flushed += 1
+            return []
+
+    async def main():
+        src, proc = MemorySource([P0]), FakeProcessor()
+        d = delivery(src, proc)
+        d.drift = stage = Counting()
+        src.append(rec(0, "k0"))
+        task = asyncio.ensure_future(d.run())
+        await until(lambda: stage.flushed >= 5)
+        assert src.acked == {P0: 1}
+        src.append(rec(0, "k1"))  # an event still ends the wait at once
+        await until(lambda: src.acked == {P0: 2}, timeout=0.5)
         src.stop()
         await task
     run(main())
