@@ -99,7 +99,8 @@ class Settings:
     drift_enabled: bool = _s(True, "Watch the produced vectors for drift and publish alerts.")
     drift_warmup: int = _s(2000, "Events used to learn the drift reference and its thresholds (one vector each, the "
                                  "mean of its chunks; no alerts before; 3/4 fit it, 1/4 is the collection's own "
-                                 "null sample; >= 1000 advised).")
+                                 "null sample; >= 1000 advised; a collection found fed in bursts warms up to "
+                                 "at least 4000).")
     drift_canary_every: int = _s(64, "Run the encoder canary every N batches (and at start-up); 0: never.")
     drift_serial_alpha: float = _s(0.001, "Level of the drift warm-up's test of serial independence: a collection that "
                                           "fails it is fed in bursts (same-topic runs of documents) and watched more "

@@ -193,7 +193,8 @@ def main(argv=None) -> int:
             print(f"error: {exc}\n(use --synthetic to run without corpora)", file=sys.stderr)
             return 2
     names = args.pools.split(",") if args.pools else list(pools)
-    config = DriftConfig()
+    # the scan after a standard warm-up: one found serially dependent is not extended here
+    config = DriftConfig(dependent_warmup=0)
     print(f"part {'synthetic' if args.synthetic else args.part}; warm-up {config.warmup}; "
           f"{args.events} live events per stream; burst mean {args.burst:g}")
     out = {"part": "synthetic" if args.synthetic else args.part, "events": args.events, "burst": args.burst,

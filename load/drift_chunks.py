@@ -163,7 +163,7 @@ def run_stream(pool: ChunkPool, docs: np.ndarray, feeding: str, config: DriftCon
     if feeding == "chunks":  # row index -> position of its document in the stream
         at = np.searchsorted(np.cumsum(pool.counts[docs]), at, side="right").tolist()
     st = mon.status()
-    return {"rows": rows, "live": rows - config.warmup, "fired": len(at), "fired_docs": at,
+    return {"rows": rows, "live": rows - st["warmup"], "fired": len(at), "fired_docs": at,
             "alarms": st["alarms_by_signal"],
             "flagged": bool(st["serial_dependence"] and st["serial_dependence"]["dependent"])}
 

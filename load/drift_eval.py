@@ -256,7 +256,7 @@ def run_stream(vectors, norms, ids, *, config: DriftConfig, batch: int, state_di
     mon.path.unlink(missing_ok=True)
     return {"alerts": alerts, "live_time": live_time, "live_cpu": live_cpu, "live_events": live_events,
             "alarms": status["detector_alarms"], "alarms_by_signal": status["alarms_by_signal"],
-            "thresholds": status["thresholds"],
+            "thresholds": status["thresholds"], "warmup": status["warmup"],
             "serially_dependent": bool((status["serial_dependence"] or {}).get("dependent"))}
 
 
@@ -302,7 +302,7 @@ def evaluate(pools, config: DriftConfig, *, part: str, runs: int, free_runs: int
                     by_signal[k] = by_signal.get(k, 0) + x
                 thresholds.append(out["thresholds"])
                 flagged += out["serially_dependent"]
-                events_before += n_before - config.warmup
+                events_before += n_before - out["warmup"]  # (extended for a bursty collection)
                 al = out["alerts"]
                 fired += sum(a.kind is AlertKind.FIRED for a in al)
                 cleared += sum(a.kind is AlertKind.CLEARED for a in al)

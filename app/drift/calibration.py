@@ -104,7 +104,7 @@ def null_rates(vectors: np.ndarray, norms: np.ndarray | None = None, *, config: 
             raw += st["detector_alarms"]
             for k, x in st["alarms_by_signal"].items():
                 by_signal[k] = by_signal.get(k, 0) + x
-            live += events
+            live += st["events_observed"] - st["warmup"]  # (a warm-up may be extended)
             thresholds.append(st["thresholds"])
             mon.path.unlink(missing_ok=True)
     per = lambda k: k / max(live, 1) * 1e5  # noqa: E731

@@ -119,6 +119,13 @@ class DriftConfig:
     #: scan, whose null cannot be learnt from a warm-up then (DRIFT.md section 3), is not watched.
     #: 0: never (per-signal factors, the scan always watched). Needs lrv_correction.
     serial_alpha: float = 1e-3
+    #: a collection whose warm-up fails that test is watched only after at least this many
+    #: events: a shorter warm-up is extended to it and everything is learnt again from all of it.
+    #: The long-run-variance factor of a bursty collection rests on the number of runs its warm-up
+    #: holds (~50 in 1000 events of runs of mean 20): too few, and an under-estimated factor
+    #: enters PageHinkley's false-alarm rate exponentially (DRIFT.md section 3). 2000 is the
+    #: smallest warm-up evaluated on bursty streams. 0: never extended.
+    dependent_warmup: int = 4000
     k_required: int = 1
     coincidence: int = 500
     critical_signals: int = 2
@@ -146,6 +153,8 @@ class DriftConfig:
             raise ValueError("cooldown_events, cooldown_s and clear_after_s must be >= 0")
         if not 0.0 <= self.serial_alpha < 1.0:
             raise ValueError("serial_alpha must be in [0, 1)")
+        if self.dependent_warmup < 0:
+            raise ValueError("dependent_warmup must be >= 0")
         object.__setattr__(self, "detectors", tuple(self.detectors))
         object.__setattr__(self, "shift_windows", tuple(int(w) for w in self.shift_windows))
 
@@ -296,6 +305,9 @@ class DriftMonitor:
         self._warm_norms: list[np.ndarray] = []
         self._warm_count = 0
         self._warm_norms_ok = True
+        #: events the current warm-up takes: config.warmup, or config.dependent_warmup once a
+        #: shorter warm-up was found serially dependent (extended)
+        self._warm_target = self.config.warmup
         self._rz = np.empty((0, 0))
         self._rids: list[str | None] = []
         self._rpart = np.empty(0, dtype=np.int64)
@@ -342,7 +354,10 @@ class DriftMonitor:
             "key": f"{self.key.fingerprint}/{self.key.collection}",
             "events_observed": self.n_seen,
             "warming_up": self.warming_up,
-            "warmup_progress": self._warm_count if self.warming_up else self.config.warmup,
+            "warmup_progress": self._warm_count if self.warming_up else self._warm_target,
+            # events the warm-up takes (more than config.warmup when it was extended for a
+            # serially dependent collection)
+            "warmup": self._warm_target,
             "signals": list(self.signal_names),
             "thresholds": self.thresholds,
             "episode_active": self.episode is not None,
@@ -403,18 +418,20 @@ class DriftMonitor:
             wm = None
         alerts: list[DriftAlert] = []
         if self.reference is None:
-            take = min(self.config.warmup - self._warm_count, n)
-            self._warm_add(v[:take], None if meta["norms"] is None else meta["norms"][:take])
-            self.n_seen += take
-            if wm is not None:
-                self.watermark = int(wm[take - 1])
-            if self._warm_count >= self.config.warmup:
-                self._finish_warmup()
-            if take == n:
+            while self.reference is None and len(v):
+                # (twice at most: a warm-up extended for a serially dependent collection goes on)
+                take = min(self._warm_target - self._warm_count, len(v))
+                self._warm_add(v[:take], None if meta["norms"] is None else meta["norms"][:take])
+                self.n_seen += take
+                if wm is not None:
+                    self.watermark = int(wm[take - 1])
+                if self._warm_count >= self._warm_target:
+                    self._finish_warmup()
+                v = v[take:]
+                meta = {k: None if a is None else a[take:] for k, a in meta.items()}
+                wm = None if wm is None else wm[take:]
+            if not len(v):
                 return alerts
-            v = v[take:]
-            meta = {k: None if a is None else a[take:] for k, a in meta.items()}
-            wm = None if wm is None else wm[take:]
         n_live = len(v)
         if not self._queue and n_live >= self.config.min_batch:
             alerts += self._observe_live(v, wm=wm, **meta)
@@ -477,6 +494,7 @@ class DriftMonitor:
             },
             "episode": None if self.episode is None else self.episode.to_json(),
             "config": self.config.to_dict(),
+            "warm_target": self._warm_target,
             "saved_at": self.clock(),
         }
         if self.reference is not None:
@@ -507,6 +525,9 @@ class DriftMonitor:
         else:
             meta["warm_count"] = self._warm_count
             meta["warm_norms_ok"] = self._warm_norms_ok
+            if self.serial_p is not None:  # the test of a warm-up that was extended
+                meta["serial_p"] = self.serial_p
+                meta["serially_dependent"] = self.serially_dependent
             if self._warm_vecs:
                 arrays["warm_vectors"] = np.vstack(self._warm_vecs)
                 if self._warm_norms_ok and self._warm_norms:
@@ -519,17 +540,18 @@ class DriftMonitor:
         """Save the state (call on shutdown/partition revocation)."""
         self.save()
 
-    def rebaseline(self) -> list[DriftAlert]:
+    def rebaseline(self, note: str = "reference re-learned (rebaseline)") -> list[DriftAlert]:
         """Forget the reference and learn a new one from the next ``warmup`` vectors.
 
         Events held back by the micro-batching are processed first (their alerts are returned too).
-        Closes an open episode with a CLEARED alert (returned). The event counter keeps running.
+        Closes an open episode with a CLEARED alert (returned; ``note`` is its message's reason).
+        The event counter keeps running.
         """
         alerts = self.flush()
         if self.episode is not None:
             last = self.n_seen - 1
             alerts.append(self._make_alert(AlertKind.CLEARED, last, [], self.episode.severity, self.watermark,
-                                           note="reference re-learned (rebaseline)"))
+                                           note=note))
             self.episode = None
         n_seen, wm = self.n_seen, self.watermark
         counters = (self.n_alarms, self.alarms_by_signal, self.n_alerts, self.n_episodes, self.n_invalid,
@@ -575,7 +597,26 @@ class DriftMonitor:
         self._install_reference(ref, z_hold, recent_start=start)
         if c.lrv_correction:
             self._learn_lrv(vecs, norms, z_hold, start)
+            if self.serially_dependent and self._warm_count < c.dependent_warmup:
+                self._extend_warmup(vecs, norms)
+                return
         self._set_null(z_hold, start)
+        self.save()
+
+    def _extend_warmup(self, vecs: np.ndarray, norms: np.ndarray | None) -> None:
+        """The warm-up was found serially dependent and is shorter than ``config.dependent_warmup``:
+        forget what was learnt from it, keep its vectors, and go on warming up to that length (then
+        everything - basis, nulls, factors and the test itself - is learnt again from all of them)."""
+        p, target = self.serial_p, self.config.dependent_warmup
+        log.warning("drift monitor %s/%s: a warm-up of %d events is too short for a collection fed in bursts "
+                    "(serially dependent, Ljung-Box p = %.2g); extended to %d events (DRIFT.md section 3)",
+                    self.key.fingerprint, self.key.collection, self._warm_count, p, target)
+        self.reference, self.reference_id, self._scan = None, "", None
+        self.bank, self.ranks, self.lrv_signals, self.lrv_windows = None, None, None, None
+        self._rz, self._rids = np.empty((0, 0)), []
+        self._warm_vecs = [vecs]
+        self._warm_norms = [norms] if norms is not None else []
+        self._warm_target = target
         self.save()
 
     def _learn_lrv(self, vecs: np.ndarray, norms: np.ndarray | None, z_hold: np.ndarray, start: int) -> None:
@@ -998,6 +1039,7 @@ class DriftMonitor:
         self.n_episodes = cnt.get("episodes", 0)
         self.n_invalid = cnt.get("invalid", 0)
         self.n_settled = cnt.get("settled", 0)
+        self._warm_target = max(int(meta.get("warm_target", self.config.warmup)), self.config.warmup)
         if "ref_signal_mean" in arrays:
             ref = Reference.from_arrays(arrays)
             recent = np.asarray(arrays.get("recent_z", np.empty((0, len(ref.names)))), dtype=np.float64)
@@ -1035,6 +1077,9 @@ class DriftMonitor:
         else:
             self._warm_count = int(meta.get("warm_count", 0))
             self._warm_norms_ok = bool(meta.get("warm_norms_ok", True))
+            if meta.get("serial_p") is not None:
+                self.serial_p = float(meta["serial_p"])
+                self.serially_dependent = bool(meta.get("serially_dependent", False))
             if "warm_vectors" in arrays:
                 self._warm_vecs = [arrays["warm_vectors"]]
                 if "warm_norms" in arrays:

@@ -86,10 +86,19 @@ def test_no_alerts_during_warmup(tmp_path):
     # the stream switches topics in the middle of the warm-up: no alert, and it is simply learned
     w = DriftConfig().warmup
     v, n = switch_stream(seed=3, n_before=w // 2, n_after=w // 2 + 500)
-    mon = _monitor(tmp_path)
+    mon = _monitor(tmp_path, serial_alpha=0.0)
     assert feed(mon, v[: w - 1], n[: w - 1]) == [] and mon.warming_up
     assert mon.observe(v[w - 1 : w], norms=n[w - 1 : w]) == [] and not mon.warming_up
     assert mon.status()["warmup_progress"] == w and state_path(tmp_path, mon.key).exists()
+    # with the test of serial independence (the default) such a warm-up is not a sample of one
+    # stream: it is found serially dependent, extended to dependent_warmup, then learned
+    wd = DriftConfig().dependent_warmup
+    v, n = switch_stream(seed=3, n_before=w // 2, n_after=wd - w // 2 + 500)
+    mon = _monitor(tmp_path / "tested")
+    assert feed(mon, v[:w], n[:w]) == [] and mon.warming_up
+    assert mon.status()["warmup"] == wd and mon.status()["serial_dependence"]["dependent"] is True
+    assert feed(mon, v[w:wd], n[w:wd]) == [] and not mon.warming_up
+    assert mon.status()["warmup_progress"] == wd
 
 
 @pytest.mark.parametrize("seed", [22, 23])
