@@ -133,11 +133,13 @@ class DriftStage:
         self.fingerprint, self.collection = fingerprint, collection
         log.info("drift monitor %s/%s: %s", fingerprint, collection,
                  "warming up" if self.monitor.warming_up else "resumed from saved reference")
+        # a new reference requested while the worker was stopped (its CLEARED alert, if any, is
+        # published with the first batch)
+        self._pending: list[DriftAlert] = self.monitor.relearn_if_requested()
         self.encoder = encoder
         self.canary_every = int(canary_every)
         self.canary = None
         self.batches = 0
-        self._pending: list[DriftAlert] = []
         self._reported: set[str] = set()
         self._reload = False
         self._session = None
@@ -182,6 +184,7 @@ class DriftStage:
                 self._reload, self._session = False, _ref(session)
                 self._check("reload")
         alerts, self._pending = self._pending, []
+        alerts += self.monitor.relearn_if_requested()  # `embedstream drift relearn`: before this batch
         if result.vectors is not None and len(result.vectors):
             vecs, norms, first = event_vectors(result.vectors, result.norms, result.vector_records)
             recs = [result.vector_records[i] for i in first]
@@ -197,9 +200,11 @@ class DriftStage:
 
     def flush(self) -> list[DriftAlert]:
         """Alerts not returned yet: a pending canary alert (start-up) and those of the events the
-        monitor's micro-batching held back. The worker calls this when no event is waiting."""
+        monitor's micro-batching held back, and a CLEARED alert if a new reference was requested
+        (``embedstream drift relearn``) while the stream is quiet. The worker calls this when no
+        event is waiting."""
         alerts, self._pending = self._pending, []
-        return alerts + self.monitor.flush()
+        return alerts + self.monitor.flush() + self.monitor.relearn_if_requested()
 
     def close(self) -> None:
         try:

@@ -1,6 +1,6 @@
-"""Operator commands: ``replay``, ``reindex``, ``offsets``, ``dlq`` (registered into the
+"""Operator commands: ``replay``, ``reindex``, ``offsets``, ``dlq``, ``drift`` (registered into the
 ``embedstream`` parser by :func:`register`). The logic lives in app/replay.py,
-app/reindex.py and app/offsets.py; this module is argument parsing and printing only.
+app/reindex.py, app/offsets.py and app/drift/states.py; this module is argument parsing and printing only.
 """
 from __future__ import annotations
 
@@ -75,6 +75,76 @@ def _progress(args):
 
 
 # ----------------------------------------------------------------------------------------
+def _ago(ts) -> str:
+    import time
+
+    if ts is None:
+        return "-"
+    s = max(0.0, time.time() - float(ts))
+    return f"{s:.0f}s ago" if s < 120 else f"{s / 60:.0f}min ago" if s < 7200 else f"{s / 3600:.1f}h ago"
+
+
+def _drift_line(st) -> str:
+    if st.error and st.fingerprint == "?":
+        return f"{st.path.name}: {st.error}"
+    if st.warming_up:
+        what = f"warming up {st.warmup_progress}/{st.warmup or '?'}"
+        if st.serially_dependent:
+            what += f" (extended: fed in bursts, Ljung-Box p = {st.serial_p:.2g})"
+    else:
+        what = "watching"
+        if st.serially_dependent:
+            what += f", fed in bursts (Ljung-Box p = {st.serial_p:.2g}): coarser PageHinkley, shift unwatched"
+        what += ", episode OPEN" if st.episode_open else ", no open episode"
+    extra = [f"{st.events} events", f"reference {st.reference_id[:12] or '-'}", f"saved {_ago(st.saved_at)}"]
+    if st.relearn_requested:
+        extra.append("NEW REFERENCE REQUESTED (taken with the worker's next batch)")
+    if st.error:
+        extra.append(st.error)
+    return f"{st.collection}  [{st.fingerprint}]\n  {what}\n  " + "; ".join(extra)
+
+
+def cmd_drift(args) -> int:
+    from pathlib import Path
+
+    from app.drift.states import list_states, request_relearn
+
+    s = _settings(args)
+    state_dir = Path(s.data_dir) / "drift"
+    states = list_states(state_dir)
+    if args.drift_cmd == "status":
+        if args.json:
+            for st in states:
+                print(json.dumps(st.to_json()))
+            return 0
+        if not states:
+            print(f"no drift state under {state_dir} (no worker has watched a collection with this data "
+                  "directory yet)", file=sys.stderr)
+            return 0
+        print("\n".join(_drift_line(st) for st in states))
+        return 0
+    # relearn
+    def named(st) -> bool:  # the collection's name, or the prefix it was made from (`<prefix>__<hash>`)
+        return st.collection == args.collection or (
+            st.collection.startswith(f"{args.collection}__") and not any(o.collection == args.collection for o in states))
+
+    chosen = [st for st in states if st.fingerprint != "?" and (
+        args.all or (named(st) and (args.fingerprint is None or st.fingerprint == args.fingerprint)))]
+    if not chosen:
+        known = ", ".join(sorted({f"{st.collection} [{st.fingerprint}]" for st in states if st.fingerprint != "?"}))
+        print(f"no drift state for {'any collection' if args.all else repr(args.collection)} under {state_dir}"
+              + (f"; known: {known}" if known else " (no worker has watched a collection with this data directory)"),
+              file=sys.stderr)
+        return 2
+    for st in chosen:
+        path = request_relearn(state_dir, st.key, args.reason or "")
+        print(f"requested a new reference for {st.collection} [{st.fingerprint}] ({path.name})")
+    print("a running worker takes it before its next batch (or within a second on a quiet stream), a stopped one "
+          "when it starts: an open episode is closed with a CLEARED alert and a new warm-up starts with the next "
+          "event; nothing is watched until it ends (`embedstream drift status` shows its progress)")
+    return 0
+
+
 def cmd_replay(args) -> int:
     from app.offsets import parse_partition_offsets, parse_partitions, parse_time
     from app.replay import Replayer, ReplayError, ReplayRange, default_checkpoint_path, open_target
@@ -357,7 +427,7 @@ def cmd_dlq(args) -> int:
 
 # ----------------------------------------------------------------------------------------
 def register(sub, common) -> None:
-    """Add replay, reindex, offsets and dlq to the ``embedstream`` subcommands."""
+    """Add replay, reindex, offsets, drift and dlq to the ``embedstream`` subcommands."""
     fmt = argparse.RawDescriptionHelpFormatter
 
     def prefix(sp):
@@ -489,6 +559,35 @@ def register(sub, common) -> None:
     sp.add_argument("--force", action="store_true", help="even if the group looks active")
     sp.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     sp.set_defaults(func=cmd_offsets)
+
+    # drift --------------------------------------------------------------------------------
+    dp = sub.add_parser("drift", help="the drift monitors' state: show it; learn a new reference",
+                        formatter_class=fmt,
+                        description="Reads the drift monitors' state files under <data_dir>/drift/ (one per model "
+                                    "fingerprint and collection, written by the worker); needs no broker.\n"
+                                    "relearn: after an intended change of what a collection holds (a new product "
+                                    "line, a backfill done), or when the warm-up was not a sample of the stream "
+                                    "(DRIFT.md section 8), make the worker forget the reference and learn a new one "
+                                    "from the next events. Run it where the worker's data directory is.",
+                        epilog="examples:\n  embedstream drift status\n"
+                               "  embedstream drift relearn --collection embedstream --reason 'catalogue v2 live'\n"
+                               "  embedstream drift relearn --collection embedstream__4f1c2a9be0d3 --fingerprint "
+                               "all-MiniLM-L6-v2:int8:...\n"
+                               "  embedstream drift relearn --all")
+    drsub = dp.add_subparsers(dest="drift_cmd", required=True)
+    sp = drsub.add_parser("status", help="each watched collection: warm-up, watching, open episode, bursts")
+    sp.add_argument("--json", action="store_true", help="one JSON object per state file")
+    sp.add_argument("--data-dir", help="the worker's data directory (env EMBEDSTREAM_DATA_DIR)")
+    sp.set_defaults(func=cmd_drift)
+    sp = drsub.add_parser("relearn", help="make the worker learn a new drift reference for a collection")
+    who = sp.add_mutually_exclusive_group(required=True)
+    who.add_argument("--collection", help="the collection as `embedstream drift status` names it, or the "
+                                          "collection prefix it was made from (EMBEDSTREAM_COLLECTION_PREFIX)")
+    who.add_argument("--all", action="store_true", help="every collection with a state file")
+    sp.add_argument("--fingerprint", help="with --collection: only the state of this model fingerprint")
+    sp.add_argument("--reason", help="why (in the log and in the CLEARED alert of an open episode)")
+    sp.add_argument("--data-dir", help="the worker's data directory (env EMBEDSTREAM_DATA_DIR)")
+    sp.set_defaults(func=cmd_drift)
 
     # dlq ----------------------------------------------------------------------------------
     dp = sub.add_parser("dlq", help="show dead letters; re-inject them into the changes topic",

@@ -49,6 +49,25 @@ def test_topic_switch_fires_an_alert(settings, worker_factory, producer):
     assert json.loads(out.stdout.splitlines()[0])["alert_id"] == alert.alert_id
     assert "FIRED" in format_alert(alert)
     assert decode_alert_message(encode_alert_message(alert)) == alert
+
+    # an SRE accepts the new regime: `embedstream drift relearn` while the worker runs (its stream is
+    # quiet now); the worker closes the open episode with a CLEARED alert and warms up again
+    def drift_cli(*args):
+        return subprocess.run([sys.executable, "-m", "app", "drift", *args], cwd=REPO, env=settings_env(settings),
+                              capture_output=True, text=True, timeout=60)
+
+    r = drift_cli("relearn", "--collection", settings.collection_prefix, "--reason", "new topics accepted")
+    assert r.returncode == 0 and "requested a new reference" in r.stdout, r.stdout + r.stderr
+    cleared, deadline = None, time.monotonic() + 60
+    while cleared is None and time.monotonic() < deadline:
+        for m in consume_all(settings.bootstrap_servers, settings.alerts_topic, 100, timeout=3):
+            a = decode_alert_message(m.value())
+            if a.kind.value == "CLEARED" and "on request" in a.message:
+                cleared = a
+    assert cleared is not None and cleared.episode_id == alert.episode_id
+    assert "new topics accepted" in cleared.message
+    [state] = [json.loads(line) for line in drift_cli("status", "--json").stdout.splitlines()]
+    assert state["warming_up"] and state["warmup_progress"] == 0 and not state["relearn_requested"], state
     assert worker.stop() == 0
 
 

@@ -67,6 +67,7 @@ from .nulls import RankScores, ph_threshold
 from .reference import (MonitorKey, Reference, StateVersionError, learn_reference, read_state, state_path,
                         write_state)
 from .scan import SHIFT_BUDGET_PER_EVENT, ScanNull, ShiftScan
+from .states import pending_relearn, relearn_path
 from .signals import SHIFT_POWER, SHIFT_WINDOWS
 
 log = logging.getLogger(__name__)
@@ -561,6 +562,23 @@ class DriftMonitor:
         (self.n_alarms, self.alarms_by_signal, self.n_alerts, self.n_episodes, self.n_invalid,
          self.n_settled) = counters
         self.save()
+        return alerts
+
+    def relearn_if_requested(self) -> list[DriftAlert]:
+        """Learn a new reference if one was requested for this key (``embedstream drift relearn``,
+        :func:`app.drift.states.request_relearn`): :meth:`rebaseline`, then the request is removed.
+        Returns the alerts of :meth:`rebaseline` (a CLEARED alert if an episode was open); [] and
+        one ``stat`` when there is no request."""
+        req = pending_relearn(self.state_dir, self.key)
+        if req is None:
+            return []
+        reason = str(req.get("reason") or "").strip()
+        alerts = self.rebaseline(note="reference re-learned on request (embedstream drift relearn"
+                                      + (f": {reason})" if reason else ")"))
+        relearn_path(self.state_dir, self.key).unlink(missing_ok=True)
+        log.warning("drift monitor %s/%s: new reference requested%s; a warm-up of %d events starts at event %d",
+                    self.key.fingerprint, self.key.collection, f" ({reason})" if reason else "",
+                    self._warm_target, self.n_seen)
         return alerts
 
     def __enter__(self) -> "DriftMonitor":
