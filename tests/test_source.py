@@ -381,6 +381,15 @@ def _alert():
                       stats=[], example_doc_ids=[], events_observed=0, message="encoder changed")
 
 
+def _run_with_one_event(drift_stage):
+    """A delivery loop with ``drift_stage`` over a source holding one event (call inside a loop)."""
+    src = MemorySource([P0])
+    d = delivery(src, FakeProcessor())
+    d.drift = drift_stage
+    src.append(rec(0, "k0"))
+    return src, asyncio.ensure_future(d.run())
+
+
 def test_an_idle_worker_publishes_what_the_drift_stage_still_holds():
     """The drift stage batches single events and keeps a start-up canary alert until it is asked:
     when no event waits, the loop flushes it (in the store thread) and publishes the alerts."""
@@ -404,11 +413,8 @@ def test_an_idle_worker_publishes_what_the_drift_stage_still_holds():
             return [self.alert] if self.flushed == 1 else []
 
     async def main():
-        src, proc = MemorySource([P0]), FakeProcessor()
-        d = delivery(src, proc)
-        d.drift = stage = HeldBack()
-        src.append(rec(0, "k0"))
-        task = asyncio.ensure_future(d.run())
+        stage = HeldBack()
+        src, task = _run_with_one_event(stage)
         await until(lambda: any(s[0] == "alerts" for s in src.sent))
         assert src.acked == {P0: 1} and stage.flushed >= 1
         assert all(t.startswith("store") for t in stage.threads), stage.threads
@@ -435,11 +441,8 @@ def test_an_idle_worker_runs_its_idle_step_again_while_nothing_arrives(monkeypat
             return []
 
     async def main():
-        src, proc = MemorySource([P0]), FakeProcessor()
-        d = delivery(src, proc)
-        d.drift = stage = Counting()
-        src.append(rec(0, "k0"))
-        task = asyncio.ensure_future(d.run())
+        stage = Counting()
+        src, task = _run_with_one_event(stage)
         await until(lambda: stage.flushed >= 5)
         assert src.acked == {P0: 1}
         src.append(rec(0, "k1"))  # an event still ends the wait at once
