@@ -332,6 +332,10 @@ class DriftMonitor:
         self.n_state_discarded = 0
         self.n_settled = 0
         self._last_save = 0
+        #: when (wall clock) this reference's warm-up started: a relearn request made before it is
+        #: already satisfied (app.drift.states)
+        self.started_at = self.clock()
+        self._request_seen: tuple | None = None  # (mtime_ns, size) of the last request file read
 
     @property
     def warming_up(self) -> bool:
@@ -497,6 +501,7 @@ class DriftMonitor:
             "episode": None if self.episode is None else self.episode.to_json(),
             "config": self.config.to_dict(),
             "warm_target": self._warm_target,
+            "started_at": self.started_at,
             "saved_at": self.clock(),
         }
         if self.reference is not None:
@@ -555,11 +560,11 @@ class DriftMonitor:
             alerts.append(self._make_alert(AlertKind.CLEARED, last, [], self.episode.severity, self.watermark,
                                            note=note))
             self.episode = None
-        n_seen, wm = self.n_seen, self.watermark
+        n_seen, wm, seen = self.n_seen, self.watermark, self._request_seen
         counters = (self.n_alarms, self.alarms_by_signal, self.n_alerts, self.n_episodes, self.n_invalid,
                     self.n_settled)
         self._reset_all()
-        self.n_seen, self.watermark = n_seen, wm
+        self.n_seen, self.watermark, self._request_seen = n_seen, wm, seen
         (self.n_alarms, self.alarms_by_signal, self.n_alerts, self.n_episodes, self.n_invalid,
          self.n_settled) = counters
         self.save()
@@ -567,16 +572,22 @@ class DriftMonitor:
 
     def relearn_if_requested(self) -> list[DriftAlert]:
         """Learn a new reference if one was requested for this key (``embedstream drift relearn``,
-        :func:`app.drift.states.request_relearn`): :meth:`rebaseline`, then the request is removed.
-        Returns the alerts of :meth:`rebaseline` (a CLEARED alert if an episode was open); [] and
-        one ``stat`` when there is no request."""
-        req = pending_relearn(self.state_dir, self.key)
-        if req is None:
+        :func:`app.drift.states.request_relearn`) after this reference's warm-up started:
+        :meth:`rebaseline`. Returns its alerts (a CLEARED alert if an episode was open). One
+        ``stat`` when there is no request or the same request file was read before."""
+        try:
+            st = relearn_path(self.state_dir, self.key).stat()
+        except FileNotFoundError:
             return []
-        reason = str(req.get("reason") or "").strip()
+        if self._request_seen == (st.st_mtime_ns, st.st_size):
+            return []
+        req = pending_relearn(self.state_dir, self.key)
+        self._request_seen = (st.st_mtime_ns, st.st_size)
+        if req is None or req["requested_at"] <= self.started_at:
+            return []
+        reason = req["reason"].strip()
         alerts = self.rebaseline(note="reference re-learned on request (embedstream drift relearn"
                                       + (f": {reason})" if reason else ")"))
-        relearn_path(self.state_dir, self.key).unlink(missing_ok=True)
         log.warning("drift monitor %s/%s: new reference requested%s; a warm-up of %d events starts at event %d",
                     self.key.fingerprint, self.key.collection, f" ({reason})" if reason else "",
                     self._warm_target, self.n_seen)
@@ -1059,6 +1070,7 @@ class DriftMonitor:
         self.n_invalid = cnt.get("invalid", 0)
         self.n_settled = cnt.get("settled", 0)
         self._warm_target = max(int(meta.get("warm_target", self.config.warmup)), self.config.warmup)
+        self.started_at = float(meta.get("started_at", 0.0))  # (states before it: any request is newer)
         if "ref_signal_mean" in arrays:
             ref = Reference.from_arrays(arrays)
             recent = np.asarray(arrays.get("recent_z", np.empty((0, len(ref.names)))), dtype=np.float64)

@@ -4,11 +4,14 @@ to learn a new reference.
 A worker keeps one state file per watched key (model fingerprint + collection) under
 ``<EMBEDSTREAM_DATA_DIR>/drift/`` (:func:`~app.drift.reference.state_path`). :func:`list_states`
 reads what they say without loading a monitor; :func:`request_relearn` leaves a *relearn request*
-beside a state file. The worker's drift stage looks for it before every batch (one ``stat``) and,
-when it finds one, calls :meth:`~app.drift.DriftMonitor.rebaseline`: an open episode is closed
-with a CLEARED alert and a new warm-up starts with the next event. A stopped worker does it when it
+beside a state file: "learn a reference from the events after this time". The worker's drift stage
+looks at it before every batch (one ``stat``) and, when it is newer than the start of the monitor's
+own warm-up, calls :meth:`~app.drift.DriftMonitor.rebaseline`: an open episode is closed with a
+CLEARED alert and a new warm-up starts with the next event. A stopped worker does it when it
 starts. The request is a file, not a change to the state file, because a running worker rewrites
-its state file from memory (every 10 000 events and on shutdown): an edit to it would be lost.
+its state file from memory (every 10 000 events and on shutdown): an edit to it would be lost. It
+is not removed when taken: several workers that share a data directory each take it once (the
+time of the monitor's warm-up start is in its state).
 
 >>> import tempfile
 >>> from app.drift.reference import MonitorKey
@@ -16,8 +19,9 @@ its state file from memory (every 10 000 events and on shutdown): an edit to it 
 >>> key = MonitorKey("all-MiniLM-L6-v2:int8:abc", "docs")
 >>> request_relearn(d, key, "new product line").name.endswith(".relearn")
 True
->>> pending_relearn(d, key)["reason"]
-'new product line'
+>>> req = pending_relearn(d, key)
+>>> req["reason"], req["requested_at"] > 0
+('new product line', True)
 """
 from __future__ import annotations
 
@@ -53,18 +57,25 @@ def request_relearn(state_dir: Path | str, key: MonitorKey, reason: str = "") ->
 
 
 def pending_relearn(state_dir: Path | str, key: MonitorKey) -> dict[str, Any] | None:
-    """The request waiting for ``key`` (None if there is none). An unreadable request file is
-    still a request (its reason is then unknown)."""
+    """The latest request for ``key`` (None if there is none): ``reason`` and ``requested_at``
+    (seconds since the epoch; a monitor whose warm-up started later has already satisfied it). An
+    unreadable request file is still a request, made when the file was written."""
     path = relearn_path(state_dir, key)
     try:
-        text = path.read_text()
+        text, mtime = path.read_text(), path.stat().st_mtime
     except FileNotFoundError:
         return None
     try:
         req = json.loads(text)
-        return req if isinstance(req, dict) else {"reason": ""}
     except ValueError:
-        return {"reason": ""}
+        req = None
+    if not isinstance(req, dict):
+        req = {}
+    try:
+        at = float(req.get("requested_at", mtime))
+    except (TypeError, ValueError):
+        at = mtime
+    return {**req, "reason": str(req.get("reason") or ""), "requested_at": at}
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,7 @@ class StateInfo:
     thresholds: dict[str, float]
     reference_id: str
     saved_at: float | None
+    #: a relearn request newer than this monitor's warm-up start: not taken yet
     relearn_requested: bool
     #: set when the file cannot be used (another state version, unreadable): the worker starts a
     #: new warm-up for it
@@ -100,6 +112,11 @@ class StateInfo:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["path"] = str(self.path)
         return d
+
+
+def _requested_after(state_dir, key: MonitorKey, started_at) -> bool:
+    req = pending_relearn(state_dir, key)
+    return req is not None and req["requested_at"] > float(started_at or 0.0)
 
 
 def _read_meta(path: Path) -> tuple[dict[str, Any], bool]:
@@ -135,5 +152,5 @@ def list_states(state_dir: Path | str) -> list[StateInfo]:
             serially_dependent=None if dependent is None else bool(dependent),
             episode_open=bool(meta.get("episode")), thresholds=dict(meta.get("thresholds") or {}),
             reference_id=str(meta.get("reference_id", "")), saved_at=meta.get("saved_at"),
-            relearn_requested=relearn_path(state_dir, key).exists(), error=error))
+            relearn_requested=_requested_after(state_dir, key, meta.get("started_at")), error=error))
     return sorted(out, key=lambda s: (s.collection, s.fingerprint))

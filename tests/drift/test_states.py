@@ -3,9 +3,8 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
-
-import numpy as np
 
 from app.alerts import DriftStage
 from app.drift import AlertKind, DriftMonitor
@@ -29,8 +28,13 @@ def test_a_relearn_request_closes_the_episode_and_starts_a_new_warm_up(tmp_path)
     assert cleared.kind is AlertKind.CLEARED and cleared.episode_id == alerts[0].episode_id
     assert "on request" in cleared.message and "catalogue v2" in cleared.message, cleared.message
     assert mon.warming_up and mon.n_seen == 6500 and mon.status()["warmup_progress"] == 0
-    assert pending_relearn(tmp_path, KEY) is None and not relearn_path(tmp_path, KEY).exists()
-    assert mon.relearn_if_requested() == []  # taken once
+    assert mon.relearn_if_requested() == [] and mon.warming_up  # taken once
+    # the request stays (several workers may share the data directory) but is satisfied: this
+    # monitor's warm-up started after it, also after a restart
+    assert relearn_path(tmp_path, KEY).exists()
+    mon.close()
+    mon = DriftMonitor(KEY, tmp_path)
+    assert mon.relearn_if_requested() == [] and not list_states(tmp_path)[0].relearn_requested
     assert feed(mon, v[6500:], n[6500:]) == [] and not mon.warming_up  # the new regime is the reference
 
 
@@ -42,11 +46,29 @@ def test_the_worker_stage_takes_a_request_on_a_quiet_stream_and_at_start_up(tmp_
     request_relearn(tmp_path, KEY)
     assert stage.flush() == [] and stage.monitor.warming_up  # no episode open: no alert, a new warm-up
     stage.monitor.observe(v, norms=n)
+    assert not stage.monitor.warming_up
     stage.close()
     # requested while the worker is stopped: taken when it starts
+    time.sleep(0.01)
     request_relearn(tmp_path, KEY, "backfill done")
     again = DriftStage(KEY.fingerprint, KEY.collection, tmp_path)
-    assert again.monitor.warming_up and again.monitor.n_seen == 4200 and pending_relearn(tmp_path, KEY) is None
+    assert again.monitor.warming_up and again.monitor.n_seen == 4200
+    assert pending_relearn(tmp_path, KEY)["reason"] == "backfill done"
+
+
+def test_workers_sharing_a_data_directory_each_take_a_request_once(tmp_path):
+    v, n = switch_stream(seed=14, n_before=2100, n_after=0)
+    a, b = DriftMonitor(KEY, tmp_path), DriftMonitor(KEY, tmp_path)
+    a.observe(v, norms=n)
+    b.observe(v, norms=n)
+    request_relearn(tmp_path, KEY)
+    assert a.relearn_if_requested() == [] and a.warming_up
+    assert b.relearn_if_requested() == [] and b.warming_up  # not consumed by the first
+    a.observe(v, norms=n)
+    assert not a.warming_up and a.relearn_if_requested() == [] and not a.warming_up
+    time.sleep(0.01)
+    request_relearn(tmp_path, KEY, "again")  # a newer request is taken again
+    assert a.relearn_if_requested() == [] and a.warming_up
 
 
 def _cli(*args, data_dir):
@@ -92,7 +114,10 @@ def test_drift_status_and_relearn_commands(tmp_path):
     assert _cli("relearn", "--collection", "x", "--all", data_dir=tmp_path).returncode == 2  # one or the other
     r = _cli("relearn", "--all", data_dir=tmp_path)
     assert r.returncode == 0 and r.stdout.count("requested a new reference") == 2
-    # the monitor takes it
+    # the monitor takes it; then it is no longer pending
     mon = DriftMonitor(KEY, state_dir)
     assert mon.relearn_if_requested() == [] and mon.warming_up and mon.n_seen == 2500
-    assert np.isclose(list_states(state_dir)[0].events, 2500)
+    mon.close()
+    st = list_states(state_dir)[0]
+    assert st.events == 2500 and st.warming_up and not st.relearn_requested
+    assert "NEW REFERENCE REQUESTED" not in _cli("status", data_dir=tmp_path).stdout.split("scratch")[0]
