@@ -80,9 +80,11 @@ class ChunkPool:
         return np.concatenate([np.arange(self.starts[d], self.starts[d] + self.counts[d]) for d in docs])
 
 
-def chunk_pool(corpus: str, part: str, cache: Path, variant: str = "int8") -> ChunkPool:
+def chunk_pool(corpus: str, part: str, cache: Path, variant: str = "int8", boilerplate: bool = False) -> ChunkPool:
     """The chunk pool of one part of a corpus, built with the worker's chunker and the ``variant``
-    encoder (int8: the worker's on CPU)."""
+    encoder (int8: the worker's on CPU). ``boilerplate``: every text with web boilerplate prepended
+    (``load.drift_data.with_boilerplate``, ``load.drift_eval``'s ``boiler`` variant): it lands in
+    a document's first chunk, and a long document has more chunks without it."""
     from app.chunking import Chunker
 
     loader, _variants, cap, name = drift_data.CORPORA[corpus]
@@ -90,13 +92,15 @@ def chunk_pool(corpus: str, part: str, cache: Path, variant: str = "int8") -> Ch
     texts, labels = drift_data._subset(texts, labels, cap, 0)
     rows = drift_split.split_indices(corpus, texts, part)
     texts, labels = [texts[i] for i in rows], np.array(labels)[rows]
+    if boilerplate:
+        texts = [drift_data.with_boilerplate(t) for t in texts]
     if not texts:  # a corpus held out whole, in the tuning part
         return ChunkPool(name, labels, np.zeros(0, dtype=np.int64), np.zeros((0, 0), np.float32), np.zeros(0, np.float32))
     enc = drift_data.load_encoder(variant)
     chunker = Chunker(enc.tokenizer)
     h = hashlib.sha256("\0".join(texts).encode()).hexdigest()[:12]
     fp = hashlib.sha256(enc.fingerprint.encode()).hexdigest()[:12]
-    kind = "chunks" if variant == "int8" else f"chunks-{variant}"
+    kind = ("chunks" if variant == "int8" else f"chunks-{variant}") + ("-boiler" if boilerplate else "")
     path = Path(cache) / "embeddings" / f"{corpus}-{kind}-{chunker.signature}-{fp}-{h}.npz"
     if path.exists():
         with np.load(path) as d:
@@ -138,30 +142,34 @@ def synthetic_pool(n_docs: int, seed: int = 0, dim: int = 64) -> ChunkPool:
 def run_stream(pool: ChunkPool, docs: np.ndarray, feeding: str, config: DriftConfig,
                alt: ChunkPool | None = None, alt_from: int = 0) -> dict:
     """Feed one stream of documents (pool indices) in batches of BATCH_DOCS documents; the documents
-    from position ``alt_from`` on are taken from ``alt`` (the same documents through another encoder).
+    from position ``alt_from`` on are taken from ``alt`` (the same documents through another encoder,
+    or another text of them: their chunks may be more).
 
     ``fired_docs``: the position in ``docs`` of the document of each FIRED alert's event."""
     mon = DriftMonitor(("fingerprint", pool.name), Path(tempfile.mkdtemp(prefix="drift-chunks-")), config=config)
-    fired, rows, at = 0, 0, []
+    fired, rows, at, fed_counts = 0, 0, [], []
     for s in range(0, len(docs), BATCH_DOCS):
         batch = docs[s : s + BATCH_DOCS]
-        r = pool.rows(batch)
-        ids = np.repeat(batch, pool.counts[batch])
-        v, n = pool.vectors[r], pool.norms[r]
-        if alt is not None and s + len(batch) > alt_from:
-            swap = np.repeat(np.arange(s, s + len(batch)) >= alt_from, pool.counts[batch])
-            v[swap], n[swap] = alt.vectors[r[swap]], alt.norms[r[swap]]
+        k = len(batch) if alt is None else int(np.clip(alt_from - s, 0, len(batch)))  # from `pool`, then `alt`
+        head, tail = batch[:k], batch[k:]
+        counts = np.concatenate([pool.counts[head], alt.counts[tail] if len(tail) else np.zeros(0, np.int64)])
+        v = np.vstack([pool.vectors[pool.rows(head)] if len(head) else np.zeros((0, pool.vectors.shape[1]), np.float32)]
+                      + ([alt.vectors[alt.rows(tail)]] if len(tail) else []))
+        n = np.concatenate([pool.norms[pool.rows(head)] if len(head) else np.zeros(0, np.float32)]
+                           + ([alt.norms[alt.rows(tail)]] if len(tail) else []))
+        ids = np.repeat(batch, counts)
+        fed_counts.append(counts)
         if feeding == "events":
             # event_vectors tells events apart by identity, as the worker's records: one object each
             events = [object() for _ in batch]
-            v, n, first = event_vectors(v, n, [events[j] for j in np.repeat(np.arange(len(batch)), pool.counts[batch])])
+            v, n, first = event_vectors(v, n, [events[j] for j in np.repeat(np.arange(len(batch)), counts)])
             ids = ids[first]
         alerts = mon.observe(v, norms=n, doc_ids=[pool.doc_ids[i] for i in ids])
         at += [a.event_index for a in alerts if a.kind.value == "FIRED"]
         rows += len(v)
     at += [a.event_index for a in mon.flush() if a.kind.value == "FIRED"]
     if feeding == "chunks":  # row index -> position of its document in the stream
-        at = np.searchsorted(np.cumsum(pool.counts[docs]), at, side="right").tolist()
+        at = np.searchsorted(np.cumsum(np.concatenate(fed_counts)), at, side="right").tolist()
     st = mon.status()
     return {"rows": rows, "live": rows - st["warmup"], "fired": len(at), "fired_docs": at,
             "alarms": st["alarms_by_signal"],
@@ -209,7 +217,8 @@ def evaluate(pools: dict[str, ChunkPool], *, part: str, streams: int, docs: int,
 
 
 def switches(pools: dict[str, ChunkPool], *, part: str, runs: int, before: int = 3000, after: int = 2000,
-             config: DriftConfig | None = None, fp32: dict[str, ChunkPool] | None = None, log=print) -> list[dict]:
+             config: DriftConfig | None = None, fp32: dict[str, ChunkPool] | None = None,
+             boiler: dict[str, ChunkPool] | None = None, mix: bool = True, log=print) -> list[dict]:
     """Changes ``before`` documents after the warm-up; the delay, in documents, of the first FIRED
     alert at or after the change (a miss: none within ``after``; an alert before it: false):
 
@@ -217,7 +226,10 @@ def switches(pools: dict[str, ChunkPool], *, part: str, runs: int, before: int =
       ``topic:P:mix->T``);
     * ``int8->fp32`` / ``fp32->int8`` (with ``fp32`` pools): the same stream of documents, through
       the other encoder from the change on (``load.drift_eval``'s ``encoder:P:...``; the canary's
-      job first, DRIFT.md section 5).
+      job first, DRIFT.md section 5);
+    * ``boilerplate`` (with ``boiler`` pools): the same stream of documents with web boilerplate
+      prepended from the change on (``load.drift_eval``'s ``boilerplate:P:100%``). Fed by event, a
+      long document's boilerplate chunk is averaged with its other chunks.
     """
     config = config or DriftConfig()
     base = drift_split.HOLDOUT_RUN_SEED if part == "holdout" else drift_split.TUNE_RUN_SEED
@@ -226,9 +238,11 @@ def switches(pools: dict[str, ChunkPool], *, part: str, runs: int, before: int =
         labels, sizes = np.unique(pool.labels, return_counts=True)
         top = str(labels[np.argmax(sizes)])
         switch = config.warmup + before
-        changes = [(f"mix->{top}", pool, None)]
+        changes = [(f"mix->{top}", pool, None)] if mix else []
         if fp32 and name in fp32:
             changes += [("int8->fp32", pool, fp32[name]), ("fp32->int8", fp32[name], pool)]
+        if boiler and name in boiler:
+            changes += [("boilerplate", pool, boiler[name])]
         for (change, first, alt), (feeding, alpha) in ((c, f) for c in changes for f in FEEDINGS):
             delays, early, t0 = [], 0, time.perf_counter()
             for k in range(runs):
@@ -289,12 +303,17 @@ def main(argv=None) -> int:
                     help="topic-switch streams per pool and feeding (default 10; 0: none)")
     ap.add_argument("--encoder", action="store_true",
                     help="also an encoder change (int8 -> fp32; builds the fp32 chunk pools: slow the first time)")
+    ap.add_argument("--boilerplate", action="store_true",
+                    help="also a change to the same documents with web boilerplate prepended (builds the "
+                         "boilerplate chunk pools: slow the first time)")
+    ap.add_argument("--no-mix", action="store_true", help="leave out the switch of the mix to one topic")
     ap.add_argument("--cost", action="store_true", help="only time app.alerts.event_vectors on each pool")
     ap.add_argument("--cache", type=Path, default=drift_data.DEFAULT_CACHE)
     ap.add_argument("--json", type=Path, help="write the rows here")
     args = ap.parse_args(argv)
     logging.getLogger("app.drift").setLevel(logging.ERROR)  # the bursty warm-ups' warning, once per stream
     fp32: dict[str, ChunkPool] = {}
+    boiler: dict[str, ChunkPool] = {}
     if args.synthetic:
         pools = {"synthetic": synthetic_pool(max(args.docs // 4, 500))}
     else:
@@ -309,6 +328,8 @@ def main(argv=None) -> int:
                 pools[name] = pool
                 if args.encoder:
                     fp32[name] = chunk_pool(corpus, args.part, args.cache, "fp32")
+                if args.boilerplate:
+                    boiler[name] = chunk_pool(corpus, args.part, args.cache, boilerplate=True)
                 print(f"[drift_chunks] {name}/{args.part}: {len(pool)} documents, {int(pool.counts.sum())} chunks; "
                       f"{(pool.counts > 1).mean():.0%} have more than one, at most {int(pool.counts.max())}",
                       flush=True)
@@ -320,7 +341,8 @@ def main(argv=None) -> int:
         return 0
     rows = evaluate(pools, part=args.part, streams=args.streams, docs=args.docs, burst=args.burst, log=say)
     if args.switch_runs:
-        rows += switches(pools, part=args.part, runs=args.switch_runs, fp32=fp32, log=say)
+        rows += switches(pools, part=args.part, runs=args.switch_runs, fp32=fp32, boiler=boiler,
+                         mix=not args.no_mix, log=say)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0

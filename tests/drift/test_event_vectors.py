@@ -85,6 +85,29 @@ def test_documents_taken_from_another_encoder_from_a_point_on_are_reported_after
     assert run_stream(pool, docs, "events", DriftConfig())["fired"] == 0
 
 
+def test_documents_with_more_chunks_from_a_point_on_are_fed_and_located_by_their_own_chunks():
+    # load.drift_chunks's boilerplate change: from document 5000 on, every document has one more
+    # chunk (the boilerplate's, first) with its own direction; fed by chunk, a FIRED alert's event is
+    # mapped back to its document through the chunks actually fed
+    from load.drift_chunks import ChunkPool
+
+    pool = synthetic_pool(3000, seed=10)
+    d = pool.vectors.shape[1]
+    boiler = np.random.default_rng(11).normal(size=d)
+    boiler = (boiler / np.linalg.norm(boiler)).astype(np.float32)
+    vecs, norms = [], []
+    for i in range(len(pool)):
+        vecs += [boiler[None, :], pool.vectors[pool.starts[i] : pool.starts[i] + pool.counts[i]]]
+        norms += [np.ones(1, np.float32), pool.norms[pool.starts[i] : pool.starts[i] + pool.counts[i]]]
+    alt = ChunkPool(pool.name, pool.labels, pool.counts + 1, np.vstack(vecs), np.concatenate(norms))
+    docs = np.random.default_rng(12).integers(len(pool), size=6000)
+    for feeding in ("events", "chunks"):
+        r = run_stream(pool, docs, feeding, DriftConfig(serial_alpha=0.0), alt=alt, alt_from=5000)
+        assert r["fired_docs"] and 5000 <= r["fired_docs"][0] < 5100, (feeding, r["fired_docs"][:3])
+    chunks = int(pool.counts[docs[:5000]].sum() + alt.counts[docs[5000:]].sum())
+    assert run_stream(pool, docs, "chunks", DriftConfig(serial_alpha=0.0), alt=alt, alt_from=5000)["rows"] == chunks
+
+
 def test_the_cost_benchmark_times_every_pool():
     from load.drift_chunks import cost
 
