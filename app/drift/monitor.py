@@ -67,7 +67,7 @@ from .nulls import RankScores, ph_threshold
 from .reference import (MonitorKey, Reference, StateVersionError, learn_reference, read_state, state_path,
                         write_state)
 from .scan import SHIFT_BUDGET_PER_EVENT, ScanNull, ShiftScan
-from .states import pending_relearn, relearn_path
+from .states import newer_request, relearn_path
 from .signals import SHIFT_POWER, SHIFT_WINDOWS
 
 log = logging.getLogger(__name__)
@@ -581,9 +581,9 @@ class DriftMonitor:
             return []
         if self._request_seen == (st.st_mtime_ns, st.st_size):
             return []
-        req = pending_relearn(self.state_dir, self.key)
+        req = newer_request(self.state_dir, self.key, self.started_at)
         self._request_seen = (st.st_mtime_ns, st.st_size)
-        if req is None or req["requested_at"] <= self.started_at:
+        if req is None:
             return []
         reason = req["reason"].strip()
         alerts = self.rebaseline(note="reference re-learned on request (embedstream drift relearn"

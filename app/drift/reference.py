@@ -31,7 +31,7 @@ from .scan import ScanNull
 from .signals import SHIFT_POWER, SHIFT_WINDOWS, ShiftScan, SignalBasis, fit_basis
 
 __all__ = ["MonitorKey", "Reference", "StateVersionError", "learn_reference", "state_path", "write_state",
-           "read_state"]
+           "read_state", "read_meta"]
 
 # 2: the `shift` scan (windows + null moments in the basis); a version-1 file cannot be resumed
 # 3: per-collection nulls (rank-score references, the scan's running mean); issue 16
@@ -204,14 +204,25 @@ def savez_atomic(path: Path, payload: dict[str, np.ndarray], mode: int | None = 
         raise
 
 
+def _meta(data) -> dict[str, Any]:
+    return json.loads(np.asarray(data["meta_json"]).tobytes().decode())
+
+
+def read_meta(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """The JSON document of a state file and the names of its arrays, without loading them (any
+    state version; raises OSError / ValueError / KeyError on a file that is not one)."""
+    with np.load(Path(path), allow_pickle=False) as data:
+        return _meta(data), [k for k in data.files if k != "meta_json"]
+
+
 def read_state(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
     """Arrays and JSON document written by :func:`write_state`, or None if there is no file."""
     path = Path(path)
     if not path.exists():
         return None
     with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
-    meta = json.loads(arrays.pop("meta_json").tobytes().decode())
+        meta = _meta(data)
+        arrays = {k: data[k] for k in data.files if k != "meta_json"}
     if meta.get("version") != STATE_VERSION:
         raise StateVersionError(f"{path}: unsupported drift state version {meta.get('version')}")
     return arrays, meta

@@ -32,11 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from .reference import STATE_VERSION, MonitorKey, read_meta, state_path
 
-from .reference import STATE_VERSION, MonitorKey, state_path
-
-__all__ = ["StateInfo", "list_states", "pending_relearn", "relearn_path", "request_relearn"]
+__all__ = ["StateInfo", "list_states", "newer_request", "pending_relearn", "relearn_path", "request_relearn"]
 
 
 def relearn_path(state_dir: Path | str, key: MonitorKey) -> Path:
@@ -78,6 +76,13 @@ def pending_relearn(state_dir: Path | str, key: MonitorKey) -> dict[str, Any] | 
     return {**req, "reason": str(req.get("reason") or ""), "requested_at": at}
 
 
+def newer_request(state_dir: Path | str, key: MonitorKey, started_at: float | None) -> dict[str, Any] | None:
+    """The request for ``key`` if it is newer than a warm-up that started at ``started_at`` (None:
+    no request, or that warm-up already satisfies it)."""
+    req = pending_relearn(state_dir, key)
+    return req if req is not None and req["requested_at"] > float(started_at or 0.0) else None
+
+
 @dataclass(frozen=True)
 class StateInfo:
     """What one state file says (read without loading a monitor)."""
@@ -114,23 +119,12 @@ class StateInfo:
         return d
 
 
-def _requested_after(state_dir, key: MonitorKey, started_at) -> bool:
-    req = pending_relearn(state_dir, key)
-    return req is not None and req["requested_at"] > float(started_at or 0.0)
-
-
-def _read_meta(path: Path) -> tuple[dict[str, Any], bool]:
-    with np.load(path, allow_pickle=False) as data:
-        meta = json.loads(data["meta_json"].tobytes().decode())
-        return meta, "ref_signal_mean" in data.files
-
-
 def list_states(state_dir: Path | str) -> list[StateInfo]:
     """Every drift state file under ``state_dir``, by collection then fingerprint."""
     out = []
     for path in sorted(Path(state_dir).glob("drift-*.npz")):
         try:
-            meta, has_reference = _read_meta(path)
+            meta, names = read_meta(path)
         except (OSError, ValueError, KeyError) as exc:
             out.append(StateInfo(path, "?", "?", 0, True, 0, None, None, None, False, {}, "", None, False,
                                  error=f"unreadable: {exc}"))
@@ -138,7 +132,7 @@ def list_states(state_dir: Path | str) -> list[StateInfo]:
         key = MonitorKey(str(meta.get("fingerprint", "?")), str(meta.get("collection", "?")))
         cfg = meta.get("config") or {}
         warmup = meta.get("warm_target") or cfg.get("warmup")
-        warming = not has_reference
+        warming = "ref_signal_mean" not in names
         dependent = meta.get("serially_dependent")
         error = None
         if meta.get("version") != STATE_VERSION:
@@ -152,5 +146,5 @@ def list_states(state_dir: Path | str) -> list[StateInfo]:
             serially_dependent=None if dependent is None else bool(dependent),
             episode_open=bool(meta.get("episode")), thresholds=dict(meta.get("thresholds") or {}),
             reference_id=str(meta.get("reference_id", "")), saved_at=meta.get("saved_at"),
-            relearn_requested=_requested_after(state_dir, key, meta.get("started_at")), error=error))
+            relearn_requested=newer_request(state_dir, key, meta.get("started_at")) is not None, error=error))
     return sorted(out, key=lambda s: (s.collection, s.fingerprint))
