@@ -77,7 +77,8 @@ class ChunkPool:
         return np.nonzero(np.isin(self.labels, list(topics)))[0]
 
     def rows(self, docs: np.ndarray) -> np.ndarray:
-        return np.concatenate([np.arange(self.starts[d], self.starts[d] + self.counts[d]) for d in docs])
+        return np.concatenate([np.arange(self.starts[d], self.starts[d] + self.counts[d]) for d in docs]
+                              or [np.zeros(0, np.int64)])
 
 
 def chunk_pool(corpus: str, part: str, cache: Path, variant: str = "int8", boilerplate: bool = False) -> ChunkPool:
@@ -151,12 +152,10 @@ def run_stream(pool: ChunkPool, docs: np.ndarray, feeding: str, config: DriftCon
     for s in range(0, len(docs), BATCH_DOCS):
         batch = docs[s : s + BATCH_DOCS]
         k = len(batch) if alt is None else int(np.clip(alt_from - s, 0, len(batch)))  # from `pool`, then `alt`
-        head, tail = batch[:k], batch[k:]
-        counts = np.concatenate([pool.counts[head], alt.counts[tail] if len(tail) else np.zeros(0, np.int64)])
-        v = np.vstack([pool.vectors[pool.rows(head)] if len(head) else np.zeros((0, pool.vectors.shape[1]), np.float32)]
-                      + ([alt.vectors[alt.rows(tail)]] if len(tail) else []))
-        n = np.concatenate([pool.norms[pool.rows(head)] if len(head) else np.zeros(0, np.float32)]
-                           + ([alt.norms[alt.rows(tail)]] if len(tail) else []))
+        parts = [(pool, batch[:k]), (alt, batch[k:])][: 1 if alt is None else 2]
+        counts = np.concatenate([p.counts[d] for p, d in parts])
+        v = np.vstack([p.vectors[p.rows(d)] for p, d in parts])
+        n = np.concatenate([p.norms[p.rows(d)] for p, d in parts])
         ids = np.repeat(batch, counts)
         fed_counts.append(counts)
         if feeding == "events":
