@@ -188,7 +188,7 @@ def _label(row: dict) -> str:
 def evaluate(pools: dict[str, ChunkPool], *, part: str, streams: int, docs: int, burst: float,
              config: DriftConfig | None = None, log=print) -> list[dict]:
     config = config or DriftConfig()
-    base = drift_split.HOLDOUT_RUN_SEED if part == "holdout" else drift_split.TUNE_RUN_SEED
+    base = drift_split.run_seed(part)
     out = []
     for name, pool in pools.items() if streams > 0 else ():
         kinds = [("iid", Source(pool=name))] + ([("bursty", Source(pool=name, burst=burst))] if burst > 0 else [])
@@ -231,7 +231,7 @@ def switches(pools: dict[str, ChunkPool], *, part: str, runs: int, before: int =
       long document's boilerplate chunk is averaged with its other chunks.
     """
     config = config or DriftConfig()
-    base = drift_split.HOLDOUT_RUN_SEED if part == "holdout" else drift_split.TUNE_RUN_SEED
+    base = drift_split.run_seed(part)
     out = []
     for name, pool in pools.items():
         labels, sizes = np.unique(pool.labels, return_counts=True)

