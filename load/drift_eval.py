@@ -509,7 +509,7 @@ def parse_args(argv=None):
     ap.add_argument("--only", default=None, help="comma-separated scenario name prefixes")
     ap.add_argument("--seed", type=int, default=0, help="offset added to the part's base seed")
     ap.add_argument("--warmup", type=int, default=None, help="override DriftConfig.warmup")
-    ap.add_argument("--config", default=None, help="other DriftConfig fields, e.g. 'shift_budget=2.5e-6,block=8'")
+    ap.add_argument("--config", default=None, help="other DriftConfig fields, e.g. 'shift_budget=2.5e-6,block=8,shift_windows=32/48/72'")
     ap.add_argument("--cost", action="store_true", help="cost benchmark by batch size instead")
     ap.add_argument("--out", type=Path, default=None, help="write results JSON here")
     return ap.parse_args(argv)
@@ -522,6 +522,9 @@ def parse_config(text: str | None, config: DriftConfig) -> DriftConfig:
     for kv in filter(None, text.split(",")):
         k, _, val = kv.partition("=")
         cur = getattr(config, k.strip())
+        if isinstance(cur, tuple) and all(isinstance(x, int) for x in cur):  # shift_windows=32/48/72
+            kw[k.strip()] = tuple(int(x) for x in val.split("/"))
+            continue
         kw[k.strip()] = type(cur)(val) if cur is not None and not isinstance(cur, bool) else (
             val == "True" if isinstance(cur, bool) else float(val))
     return replace(config, **kw)

@@ -34,7 +34,7 @@ are honest out-of-sample values.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -169,16 +169,20 @@ class SignalBasis:
     use_norm: bool
     sketch: np.ndarray
     scan_null: ScanNull | None = None
+    #: centre of the ``tail`` rows when it was fitted apart from the rest (:func:`fit_tail`; a
+    #: monitor's second fit of the scan on more events); None: ``mean``
+    tail_mean: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         # One matrix holds every direction we project on: [centroid | axes | clusters^T | tail | sketch].
         proj = np.hstack([self.centroid[:, None], self.axes, self.clusters.T, self.tail, self.sketch])
         proj = proj.astype(np.float32)
         mean = self.mean.astype(np.float64)
+        tmean = mean if self.tail_mean is None else self.tail_mean.astype(np.float64)
         object.__setattr__(self, "_proj", np.ascontiguousarray(proj))
         object.__setattr__(self, "_offset", mean @ self.axes.astype(np.float64))
-        object.__setattr__(self, "_tail_offset", mean @ self.tail.astype(np.float64))
-        object.__setattr__(self, "_sketch_offset", mean @ self.sketch.astype(np.float64))
+        object.__setattr__(self, "_tail_offset", tmean @ self.tail.astype(np.float64))
+        object.__setattr__(self, "_sketch_offset", tmean @ self.sketch.astype(np.float64))
 
     @property
     def window(self) -> int:
@@ -265,6 +269,7 @@ class SignalBasis:
             prefix + "windows": np.array(self.windows, dtype=np.int64),
             prefix + "sketch": self.sketch,
             prefix + "scan_null": (np.empty(0) if self.scan_null is None else self.scan_null.to_array()),
+            **({} if self.tail_mean is None else {prefix + "tail_mean": self.tail_mean}),
         }
 
     @classmethod
@@ -283,7 +288,64 @@ class SignalBasis:
             sketch=np.asarray(arrays[prefix + "sketch"], dtype=np.float32),
             scan_null=(ScanNull.from_array(arrays[prefix + "scan_null"]) if len(arrays[prefix + "scan_null"])
                        else None),
+            tail_mean=(np.asarray(arrays[prefix + "tail_mean"], dtype=np.float32) if prefix + "tail_mean" in arrays
+                       else None),
         )
+
+
+def _tail_from_svd(vt: np.ndarray, var: np.ndarray, q: int, d: int, *, shrink: float, power: float,
+                   seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `shift` scan's projection (d, d - q) and duplicate sketch (d, SKETCH_BITS) from the
+    principal axes ``vt`` and variances ``var`` of the fit rows: the axes after the first ``q``
+    (padded with the null space when there are fewer rows than dimensions), whitened with
+    eigenvalues shrunk toward their mean, to the power ``power / 2``."""
+    if vt.shape[0] < d:  # fewer samples than dimensions: complete the basis
+        qmat, _ = np.linalg.qr(np.hstack([vt.T, np.random.default_rng(seed).normal(size=(d, d - vt.shape[0]))]))
+        rest = qmat[:, vt.shape[0]:]
+        vt_full = np.vstack([vt, rest.T])
+        var = np.concatenate([var, np.zeros(d - len(var))])
+    else:
+        vt_full = vt
+    lam0 = shrink * (var.sum() / d)
+    tail = vt_full[q:d].T / (var[q:d] + lam0) ** (power / 2)
+    sketch = tail @ np.random.default_rng([seed, 1]).normal(size=(tail.shape[1], SKETCH_BITS))
+    return tail, sketch
+
+
+def _svd(v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, principal axes (sign fixed: the largest-magnitude loading positive) and variances."""
+    x = v.astype(np.float64)
+    mean = x.mean(axis=0)
+    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+    signs = np.sign(vt[np.arange(len(vt)), np.argmax(np.abs(vt), axis=1)])
+    vt = vt * np.where(signs == 0, 1.0, signs)[:, None]
+    return mean, vt, s**2 / max(len(x) - 1, 1)
+
+
+def fit_tail(basis: "SignalBasis", vectors: np.ndarray, *, n_whiten: int = 32, shrink: float = 0.01,
+             power: float = SHIFT_POWER, seed: int = 0) -> "SignalBasis":
+    """``basis`` with the `shift` scan's projection fitted again on ``vectors`` (every other signal
+    as it was; the scan's null is left unset - learn it from held-out rows). A monitor does this
+    once more events have been seen than its warm-up held (``DriftConfig.shift_refit``): the
+    whitening of the low-variance axes is the part of the basis that gains most from more rows.
+
+    >>> rng = np.random.default_rng(2)
+    >>> v = rng.normal(size=(600, 16)).astype(np.float32) + 3
+    >>> v /= np.linalg.norm(v, axis=1, keepdims=True)
+    >>> b = fit_basis(v[:200], n_whiten=4, n_clusters=3, windows=(8,))
+    >>> b2 = fit_tail(b, v, n_whiten=4)
+    >>> b2.tail.shape == b.tail.shape and not np.allclose(b2.tail, b.tail), np.array_equal(b2.axes, b.axes)
+    (True, True)
+    """
+    v = _as_matrix(vectors)
+    n, d = v.shape
+    if not basis.windows or n < 2:
+        raise ValueError("need a basis with `shift` windows and at least 2 vectors")
+    q = max(1, min(n_whiten, d, n - 1))
+    mean, vt, var = _svd(v)
+    tail, sketch = _tail_from_svd(vt, var, q, d, shrink=shrink, power=power, seed=seed)
+    return replace(basis, tail=tail.astype(np.float32), sketch=sketch.astype(np.float32), scan_null=None,
+                   tail_mean=mean.astype(np.float32))
 
 
 def fit_basis(
@@ -310,31 +372,13 @@ def fit_basis(
     n, d = v.shape
     if n < 2:
         raise ValueError("need at least 2 reference vectors")
-    x = v.astype(np.float64)
-    mean = x.mean(axis=0)
-    centroid = mean / max(np.linalg.norm(mean), 1e-12)
     q = max(1, min(n_whiten, d, n - 1))
-    # Principal axes from the SVD of the centred data.
-    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
-    # Deterministic sign: the largest-magnitude loading of each axis is positive.
-    signs = np.sign(vt[np.arange(len(vt)), np.argmax(np.abs(vt), axis=1)])
-    vt = vt * np.where(signs == 0, 1.0, signs)[:, None]
+    mean, vt, var = _svd(v)  # principal axes of the centred data
+    centroid = mean / max(np.linalg.norm(mean), 1e-12)
     axes = vt[:q].T
-    var = s**2 / max(n - 1, 1)
     scales = np.maximum(np.sqrt(var[:q]), 1e-6)
-    # Low-variance subspace for `shift`: the remaining principal axes (padded with the null space
-    # when n < d), whitened with eigenvalues shrunk toward their mean.
     if windows and q < d:
-        if vt.shape[0] < d:  # fewer samples than dimensions: complete the basis
-            qmat, _ = np.linalg.qr(np.hstack([vt.T, np.random.default_rng(seed).normal(size=(d, d - vt.shape[0]))]))
-            rest = qmat[:, vt.shape[0]:]
-            vt_full = np.vstack([vt, rest.T])
-            var = np.concatenate([var, np.zeros(d - len(var))])
-        else:
-            vt_full = vt
-        lam0 = shrink * (var.sum() / d)
-        tail = vt_full[q:d].T / (var[q:d] + lam0) ** (power / 2)
-        sketch = tail @ np.random.default_rng([seed, 1]).normal(size=(tail.shape[1], SKETCH_BITS))
+        tail, sketch = _tail_from_svd(vt, var, q, d, shrink=shrink, power=power, seed=seed)
     else:
         windows = ()
         tail = np.zeros((d, 0))

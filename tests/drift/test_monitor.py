@@ -15,13 +15,16 @@ KEY = ("model:int8:abc", "docs")
 # collection thresholds). They change when the detectors/defaults change: re-derive them, and say
 # why, in that change. Re-derived for issue 16 (rank scores, the deduplicated scan with online
 # moments, episodes that fire again on news, event-time rules, warm-up 2000).
-FIRST_SWITCH = [("FIRED", 6011, 0, "CRITICAL", ["mahal", "nearest", "shift"]),
+# Re-derived again for the `shift` scan's second fit at 4000 events (DriftConfig.shift_refit):
+# the switch is first seen by `shift` alone, one event sooner; the small shift 2 events later;
+# the burst of the episode test by `mahal`+`nearest` one event later, the real switch one later.
+FIRST_SWITCH = [("FIRED", 6010, 0, "CRITICAL", ["shift"]),
                 ("CLEARED", 8143, 1, "CRITICAL", ["centroid", "axis1", "mahal", "nearest", "shift", "lognorm"])]
-SMALL_SHIFT_FIRST = ("FIRED", 6144, "CRITICAL", ["shift"], "Threshold")
+SMALL_SHIFT_FIRST = ("FIRED", 6146, "CRITICAL", ["shift"], "Threshold")
 RESTART_DELAY = 11
 FREE_100K = {22: [], 23: []}
 # a short off-topic burst at 5000 (60 events) opens an episode; the real switch at 5960 fires again
-NEWS = [("FIRED", 5010, 0, "CRITICAL", ["shift"]), ("FIRED", 5974, 1, "CRITICAL", ["mahal", "nearest"])]
+NEWS = [("FIRED", 5011, 0, "CRITICAL", ["mahal", "nearest"]), ("FIRED", 5975, 1, "CRITICAL", ["mahal", "nearest"])]
 
 
 class FakeClock:
