@@ -682,8 +682,7 @@ class DriftMonitor:
         level = self._scan.threshold
         self._scan = basis.new_window(budget=c.shift_budget)
         self._scan.threshold = level  # the bank's `shift` threshold stays what it was
-        if c.lrv_correction:
-            self.lrv_windows = window_factors([basis.tail_units(vecs[:n_fit]), (units, keys)], self._scan.windows)
+        if self.lrv_windows is not None:  # the stream's serial dependence, measured on the warm-up
             self._scan.set_lrv(self.lrv_windows)
         self.shift_refit = "done"
         log.info("drift monitor %s/%s: the `shift` scan was fitted again on %d events (event %d)",

@@ -342,7 +342,16 @@ def fit_tail(basis: "SignalBasis", vectors: np.ndarray, *, n_whiten: int = 32, s
     if not basis.windows or n < 2:
         raise ValueError("need a basis with `shift` windows and at least 2 vectors")
     q = max(1, min(n_whiten, d, n - 1))
-    mean, vt, var = _svd(v)
+    # principal axes from the eigendecomposition of the covariance: ~3x cheaper than the SVD of
+    # the rows for the 3000 x 384 of a monitor's second fit (done between two batches)
+    x = v.astype(np.float64)
+    mean = x.mean(axis=0)
+    xc = x - mean
+    lam, vecs = np.linalg.eigh(xc.T @ xc / max(n - 1, 1))
+    order = np.argsort(lam)[::-1]
+    var, vt = np.maximum(lam[order], 0.0), vecs[:, order].T
+    signs = np.sign(vt[np.arange(len(vt)), np.argmax(np.abs(vt), axis=1)])
+    vt = vt * np.where(signs == 0, 1.0, signs)[:, None]
     tail, sketch = _tail_from_svd(vt, var, q, d, shrink=shrink, power=power, seed=seed)
     return replace(basis, tail=tail.astype(np.float32), sketch=sketch.astype(np.float32), scan_null=None,
                    tail_mean=mean.astype(np.float32))
