@@ -108,6 +108,10 @@ class StateInfo:
     #: set when the file cannot be used (another state version, unreadable): the worker starts a
     #: new warm-up for it
     error: str | None = None
+    #: the `shift` scan's second fit (DriftConfig.shift_refit): None (none planned), "pending"
+    #: (at event ``shift_refit_at``), "done", "skipped" (an episode was open)
+    shift_refit: str | None = None
+    shift_refit_at: int | None = None
 
     @property
     def key(self) -> MonitorKey:
@@ -146,5 +150,6 @@ def list_states(state_dir: Path | str) -> list[StateInfo]:
             serially_dependent=None if dependent is None else bool(dependent),
             episode_open=bool(meta.get("episode")), thresholds=dict(meta.get("thresholds") or {}),
             reference_id=str(meta.get("reference_id", "")), saved_at=meta.get("saved_at"),
-            relearn_requested=newer_request(state_dir, key, meta.get("started_at")) is not None, error=error))
+            relearn_requested=newer_request(state_dir, key, meta.get("started_at")) is not None, error=error,
+            shift_refit=meta.get("shift_refit"), shift_refit_at=meta.get("refit_at")))
     return sorted(out, key=lambda s: (s.collection, s.fingerprint))

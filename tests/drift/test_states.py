@@ -95,11 +95,12 @@ def test_drift_status_and_relearn_commands(tmp_path):
     [a, b] = list_states(state_dir)
     assert (a.collection, a.warming_up, a.events, a.warmup_progress, a.warmup) == (KEY.collection, False, 2500, 2000, 2000)
     assert a.serially_dependent is False and a.thresholds["page_hinkley"] == 6.75 and not a.episode_open
+    assert (a.shift_refit, a.shift_refit_at, b.shift_refit) == ("pending", 4000, None)
     assert (b.collection, b.warming_up, b.warmup_progress) == ("scratch__ba9876543210", True, 700)
     r = _cli("status", data_dir=tmp_path)
     assert r.returncode == 0, r.stderr
     assert f"{KEY.collection}  [{KEY.fingerprint}]" in r.stdout and "watching, no open episode" in r.stdout
-    assert "warming up 700/2000" in r.stdout
+    assert "warming up 700/2000" in r.stdout and "shift scan fitted again at event 4000" in r.stdout
     rows = [json.loads(line) for line in _cli("status", "--json", data_dir=tmp_path).stdout.splitlines()]
     assert [(x["collection"], x["events"]) for x in rows] == [(KEY.collection, 2500), ("scratch__ba9876543210", 700)]
 
