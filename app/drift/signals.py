@@ -312,14 +312,18 @@ def _tail_from_svd(vt: np.ndarray, var: np.ndarray, q: int, d: int, *, shrink: f
     return tail, sketch
 
 
+def _fix_signs(vt: np.ndarray) -> np.ndarray:
+    """Deterministic sign of each axis (row): its largest-magnitude loading is positive."""
+    signs = np.sign(vt[np.arange(len(vt)), np.argmax(np.abs(vt), axis=1)])
+    return vt * np.where(signs == 0, 1.0, signs)[:, None]
+
+
 def _svd(v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean, principal axes (sign fixed: the largest-magnitude loading positive) and variances."""
+    """Mean, principal axes (signs fixed) and variances of the rows ``v``."""
     x = v.astype(np.float64)
     mean = x.mean(axis=0)
     _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
-    signs = np.sign(vt[np.arange(len(vt)), np.argmax(np.abs(vt), axis=1)])
-    vt = vt * np.where(signs == 0, 1.0, signs)[:, None]
-    return mean, vt, s**2 / max(len(x) - 1, 1)
+    return mean, _fix_signs(vt), s**2 / max(len(x) - 1, 1)
 
 
 def fit_tail(basis: "SignalBasis", vectors: np.ndarray, *, n_whiten: int = 32, shrink: float = 0.01,
@@ -349,9 +353,7 @@ def fit_tail(basis: "SignalBasis", vectors: np.ndarray, *, n_whiten: int = 32, s
     xc = x - mean
     lam, vecs = np.linalg.eigh(xc.T @ xc / max(n - 1, 1))
     order = np.argsort(lam)[::-1]
-    var, vt = np.maximum(lam[order], 0.0), vecs[:, order].T
-    signs = np.sign(vt[np.arange(len(vt)), np.argmax(np.abs(vt), axis=1)])
-    vt = vt * np.where(signs == 0, 1.0, signs)[:, None]
+    var, vt = np.maximum(lam[order], 0.0), _fix_signs(vecs[:, order].T)
     tail, sketch = _tail_from_svd(vt, var, q, d, shrink=shrink, power=power, seed=seed)
     return replace(basis, tail=tail.astype(np.float32), sketch=sketch.astype(np.float32), scan_null=None,
                    tail_mean=mean.astype(np.float32))
