@@ -112,17 +112,20 @@ def scenarios(pools: dict, ramp: int) -> list[Scenario]:
     """The scenarios of a set of pools (one part). Rules fixed before tuning (issue 16)."""
     out: list[Scenario] = []
     names = list(pools)
+    # The fresh part's pools (load/drift_split.FRESH_CORPORA) joined these rules before any of them
+    # was embedded: package sections and manual sections are topics ("debpkg", "manpages"); the
+    # tweets (two authors) and the Friends lines (speakers) have none, so no topic rows for them.
     # drift-free: natural mix, narrow collections (largest topic; a 1000-document pool), bursts
     for p in names:
         out.append(Scenario(f"free:{p}", Source(p), None))
-    for p in ("reuters", "20ng", "fortunes"):
+    for p in ("reuters", "20ng", "fortunes", "debpkg", "manpages"):
         if p in pools:
             top = _by_size(pools[p])[0]
             out.append(Scenario(f"free-topic:{p}:{top}", Source(p, topics=(top,)), None))
-    for p in ("reuters", "20ng", "foldoc", "fortunes"):
+    for p in ("reuters", "20ng", "foldoc", "fortunes", "debpkg", "tweets", "friends"):
         if p in pools and len(pools[p]) > 2000:
             out.append(Scenario(f"free-pool1000:{p}", Source(p, subset=1000), None))
-    for p in ("reuters", "20ng"):
+    for p in ("reuters", "20ng", "debpkg", "manpages"):
         if p in pools:
             out.append(Scenario(f"bursty:{p}", Source(p, burst=20.0), None))
     # topic switches
@@ -148,6 +151,12 @@ def scenarios(pools: dict, ramp: int) -> list[Scenario]:
         first, second = _by_size(pools["fortunes"])[:2]
         out.append(Scenario(f"topic:fortunes:{first}->{second}", Source("fortunes", topics=(first,)),
                             Source("fortunes", topics=(second,))))
+    for p in ("debpkg", "manpages"):
+        if p in pools:
+            first, second = _by_size(pools[p])[:2]
+            out.append(Scenario(f"topic:{p}:mix->{first}", Source(p), Source(p, topics=(first,))))
+            out.append(Scenario(f"topic:{p}:{first}->{second}", Source(p, topics=(first,)),
+                                Source(p, topics=(second,))))
     # encoder, tokenizer, boilerplate (pools embedded in those variants)
     for p in names:
         rv = pools[p].variants
@@ -161,7 +170,7 @@ def scenarios(pools: dict, ramp: int) -> list[Scenario]:
             out.append(Scenario(f"boilerplate:{p}:30%", Source(p), Source(p, alt_variant="boiler", alt_share=0.3)))
     # what a bursty collection still catches once its warm-up has been found serially dependent
     # (DRIFT.md section 3: pooled long-run-variance factors, `shift` not watched); the leads are bursty
-    for p, to in (("reuters", "acq"), ("20ng", None)):
+    for p, to in (("reuters", "acq"), ("20ng", None), ("debpkg", None), ("manpages", None)):
         if p in pools:
             to = to or _by_size(pools[p])[0]
             out.append(Scenario(f"bursty-topic:{p}:mix->{to}", Source(p, burst=20.0),
@@ -169,29 +178,10 @@ def scenarios(pools: dict, ramp: int) -> list[Scenario]:
             if "fp32" in pools[p].variants:
                 out.append(Scenario(f"bursty-encoder:{p}:int8->fp32", Source(p, burst=20.0),
                                     Source(p, variant="fp32", burst=20.0)))
-    # the fresh part's pools (load/drift_split.FRESH_CORPORA; these rules were written before any of
-    # them was embedded): package sections and manual sections are topics; the tweets (two authors)
-    # and the Friends lines (speakers) have no topics, so they get drift-free and encoder rows only
-    topical = [p for p in ("debpkg", "manpages") if p in pools]
-    for p in topical:
-        first, second = _by_size(pools[p])[:2]
-        out.append(Scenario(f"free-topic:{p}:{first}", Source(p, topics=(first,)), None))
-        out.append(Scenario(f"bursty:{p}", Source(p, burst=20.0), None))
-        out.append(Scenario(f"topic:{p}:mix->{first}", Source(p), Source(p, topics=(first,))))
-        out.append(Scenario(f"topic:{p}:{first}->{second}", Source(p, topics=(first,)), Source(p, topics=(second,))))
-        out.append(Scenario(f"bursty-topic:{p}:mix->{first}", Source(p, burst=20.0),
-                            Source(p, topics=(first,), burst=20.0)))
-        out.append(Scenario(f"bursty-encoder:{p}:int8->fp32", Source(p, burst=20.0),
-                            Source(p, variant="fp32", burst=20.0)))
-    for p in ("debpkg", "tweets", "friends"):
-        if p in pools and len(pools[p]) > 2000:
-            out.append(Scenario(f"free-pool1000:{p}", Source(p, subset=1000), None))
-    for a, b in (("debpkg", "manpages"), ("manpages", "tweets"), ("tweets", "friends"), ("friends", "debpkg")):
-        if a in pools and b in pools:
-            out.append(Scenario(f"domain:{a}->{b}", Source(a), Source(b)))
     # domain switches
     for a, b in (("reuters", "fortunes"), ("fortunes", "reuters"), ("20ng", "foldoc"), ("foldoc", "devil"),
-                 ("devil", "20ng")):
+                 ("devil", "20ng"), ("debpkg", "manpages"), ("manpages", "tweets"), ("tweets", "friends"),
+                 ("friends", "debpkg")):
         if a in pools and b in pools and not (a == "fortunes" and "20ng" in pools):
             out.append(Scenario(f"domain:{a}->{b}", Source(a), Source(b)))
     return out
