@@ -155,14 +155,10 @@ def friends(cache: Path) -> tuple[list[str], list[str]]:
 
 def _dedupe(texts: list[str], labels: list[str]) -> tuple[list[str], list[str]]:
     """The first occurrence of each text (a pool resamples its documents; repeats are the stream's)."""
-    seen: set[str] = set()
-    out_t, out_l = [], []
+    first: dict[str, str] = {}
     for t, lab in zip(texts, labels):
-        if t not in seen:
-            seen.add(t)
-            out_t.append(t)
-            out_l.append(lab)
-    return out_t, out_l
+        first.setdefault(t, lab)
+    return list(first), list(first.values())
 
 
 DEBIAN_TRANSLATION_URL = "http://deb.debian.org/debian/dists/bookworm/main/i18n/Translation-en.xz"
@@ -266,10 +262,8 @@ def manpages(cache: Path, min_words: int = 30) -> tuple[list[str], list[str]]:
                 print(f"\r[drift_data] manpages: rendered {i + 1}/{len(files)}", end="", file=sys.stderr, flush=True)
         print(file=sys.stderr)
         rendered.write_text(json.dumps(pages))
-    pages = json.loads(rendered.read_text())
-    texts = [t for _, t in pages if len(t.split()) >= min_words]
-    labels = [sec for sec, t in pages if len(t.split()) >= min_words]
-    return _dedupe(texts, labels)
+    long_enough = [(t, sec) for sec, t in json.loads(rendered.read_text()) if len(t.split()) >= min_words]
+    return _dedupe([t for t, _ in long_enough], [sec for _, sec in long_enough])
 
 
 def dictd(name: str, directory: Path = DICTD_DIR, min_words: int = 4) -> tuple[list[str], list[str]]:
