@@ -96,10 +96,9 @@ def _drift_line(st) -> str:
         if st.serially_dependent:
             what += f", fed in bursts (Ljung-Box p = {st.serial_p:.2g}): coarser PageHinkley, shift unwatched"
         what += ", episode OPEN" if st.episode_open else ", no open episode"
-        if st.shift_refit == "pending":
-            what += f"; shift scan fitted again at event {st.shift_refit_at}"
-        elif st.shift_refit in ("done", "skipped"):
-            what += "; shift scan fitted again" if st.shift_refit == "done" else "; shift scan keeps its warm-up fit"
+        what += {"pending": f"; shift scan fitted again at event {st.shift_refit_at}",
+                 "done": "; shift scan fitted again", "skipped": "; shift scan keeps its warm-up fit"
+                 }.get(st.shift_refit, "")
     extra = [f"{st.events} events", f"reference {st.reference_id[:12] or '-'}", f"saved {_ago(st.saved_at)}"]
     if st.relearn_requested:
         extra.append("NEW REFERENCE REQUESTED (taken with the worker's next batch)")

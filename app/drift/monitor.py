@@ -138,9 +138,9 @@ class DriftConfig:
     #: learnt from the rest; every other signal and detector goes on as it was. The low-variance
     #: axes the scan whitens are estimated poorly from 1500 rows (DRIFT.md section 2: an encoder
     #: swap's per-event signal-to-noise on 20 Newsgroups is 0.053 with the warm-up's fit, 0.062
-    #: with one on 3500 rows; its median delay 102 / 107 -> 89 / 102 events). Not done for a collection fed in bursts (its scan is not watched), when the warm-up
-    #: was at least this long, or while an episode is open (then the scan keeps the warm-up's fit).
-    #: 0: never.
+    #: with one on 3500 rows; its median delay 102 / 107 -> 89 / 102 events). Not done for a
+    #: collection fed in bursts (its scan is not watched), when the warm-up was at least this long,
+    #: or while an episode is open (then the scan keeps the warm-up's fit). 0: never.
     shift_refit: int = 4000
     k_required: int = 1
     coincidence: int = 500
@@ -673,7 +673,7 @@ class DriftMonitor:
         c = self.config
         vecs = np.vstack(self._refit_vecs)
         self._refit_vecs, self._refit_at = [], None
-        if self.episode is not None or self._collect_from is not None or self._scan is None:
+        if self.episode is not None or self._collect_from is not None:
             self.shift_refit = "skipped"
             log.info("drift monitor %s/%s: the `shift` scan keeps its warm-up fit (an episode is open)",
                      self.key.fingerprint, self.key.collection)
