@@ -293,7 +293,7 @@ class SignalBasis:
         )
 
 
-def _tail_from_svd(vt: np.ndarray, var: np.ndarray, q: int, d: int, *, shrink: float, power: float,
+def _tail_projection(vt: np.ndarray, var: np.ndarray, q: int, d: int, *, shrink: float, power: float,
                    seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The `shift` scan's projection (d, d - q) and duplicate sketch (d, SKETCH_BITS) from the
     principal axes ``vt`` and variances ``var`` of the fit rows: the axes after the first ``q``
@@ -354,7 +354,7 @@ def fit_tail(basis: "SignalBasis", vectors: np.ndarray, *, n_whiten: int = 32, s
     lam, vecs = np.linalg.eigh(xc.T @ xc / max(n - 1, 1))
     order = np.argsort(lam)[::-1]
     var, vt = np.maximum(lam[order], 0.0), _fix_signs(vecs[:, order].T)
-    tail, sketch = _tail_from_svd(vt, var, q, d, shrink=shrink, power=power, seed=seed)
+    tail, sketch = _tail_projection(vt, var, q, d, shrink=shrink, power=power, seed=seed)
     return replace(basis, tail=tail.astype(np.float32), sketch=sketch.astype(np.float32), scan_null=None,
                    tail_mean=mean.astype(np.float32))
 
@@ -389,7 +389,7 @@ def fit_basis(
     axes = vt[:q].T
     scales = np.maximum(np.sqrt(var[:q]), 1e-6)
     if windows and q < d:
-        tail, sketch = _tail_from_svd(vt, var, q, d, shrink=shrink, power=power, seed=seed)
+        tail, sketch = _tail_projection(vt, var, q, d, shrink=shrink, power=power, seed=seed)
     else:
         windows = ()
         tail = np.zeros((d, 0))
