@@ -2,6 +2,7 @@
 
     python -m load.drift_nulls --part tune                      # 10 x 100k events per collection
     python -m load.drift_nulls --part tune --config shift_budget=1.25e-6
+    python -m load.drift_nulls --part fresh                     # report only: never tune on it
 
 For each collection (one topic of a pool, a fixed 1000-document subset, the whole pool), ``--streams``
 drift-free streams are resampled i.i.d. from it; each stream's monitor learns its own reference and
@@ -34,6 +35,12 @@ COLLECTIONS = {
              ("reuters", 1000), ("fortunes", 1000), ("reuters", None), ("fortunes", None)],
     "holdout": [("20ng", "rec.motorcycles"), ("20ng", "sci.med"), ("reuters", "acq"), ("fortunes", "people"),
                 ("20ng", 1000), ("foldoc", 1000), ("devil", None), ("20ng", None), ("foldoc", None)],
+    # chosen by size and kind before running (2026-12-07): the largest section of the packages, of the
+    # man pages and of their next ones, one author of the tweets, one speaker of Friends, 1000-document
+    # pools, the man pages whole (1100 documents) and the two largest pools whole
+    "fresh": [("debpkg", "libs"), ("debpkg", "doc"), ("manpages", "3"), ("tweets", "realDonaldTrump"),
+              ("friends", "Ross"), ("debpkg", 1000), ("tweets", 1000), ("friends", 1000), ("manpages", None),
+              ("debpkg", None), ("friends", None)],
 }
 
 
@@ -45,7 +52,7 @@ def _rows(pool, what):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=("tune", "holdout"), default="tune")
+    ap.add_argument("--part", choices=tuple(COLLECTIONS), default="tune")
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--streams", type=int, default=10)
     ap.add_argument("--events", type=int, default=100_000)
