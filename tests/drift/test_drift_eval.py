@@ -32,3 +32,78 @@ def test_scenarios_of_the_held_out_part_use_every_pool():
     assert len(names) == len(set(names))
     # the parts' stream seeds differ (fixed in load/drift_split.py before tuning)
     assert drift_eval._seed("holdout", 0) == drift_split.HOLDOUT_RUN_SEED != drift_eval._seed("tune", 0)
+
+
+def test_scenarios_of_the_second_fresh_part():
+    from load.drift_data import synthetic_pools
+
+    pools = synthetic_pools(n_docs=3000)
+    pools = {"wordnet": pools["reuters"], "pydocs": pools["reuters"]}
+    names = set(s.name for s in drift_eval.scenarios(pools, 1000))
+    for p in ("wordnet", "pydocs"):
+        assert {f"free:{p}", f"free-topic:{p}:earn", f"free-pool1000:{p}", f"bursty:{p}", f"topic:{p}:mix->earn",
+                f"topic:{p}:earn->acq", f"encoder:{p}:int8->fp32", f"bursty-topic:{p}:mix->earn"} <= names
+    assert {"domain:wordnet->pydocs", "domain:pydocs->wordnet"} <= names
+    assert drift_eval._seed("fresh2", 0) == drift_split.FRESH2_RUN_SEED
+    assert drift_split.part("python-docs", "x") == "fresh2"
+
+
+WNDB = """  1 This software and database is being provided to you, the LICENSEE, by
+  2 Princeton University under the following license.
+02084071 05 n 02 dog 0 domestic_dog 0 003 @ 02083346 n 0000 ~ 01322604 n 0000 #m 02083863 n 0000 | a member of the genus Canis that has been domesticated by man since prehistoric times; "the dog barked all night"
+02121620 05 n 01 cat 0 000 | feline mammal usually having thick soft fur
+00001740 00 a 01 able(a) 0 002 ! 00002098 a 0101 = 05207437 n 0000 | (usually followed by `to') having the necessary means or skill
+"""
+
+RST = """Heading of the page
+===================
+
+.. module:: spam
+   :synopsis: A module that does many things with spam and eggs for everybody.
+
+This first paragraph has enough words to be kept by the parser, with a :func:`spam.eggs` role, a
+``literal``, a `link <https://example.org>`_ and *emphasis* in it, and it ends with a colon, so::
+
+   this is a literal block with enough words to be kept were it prose, but it is code and
+   it must be dropped by the parser whatever its length happens to be in the end
+
+.. code-block:: python
+
+   x = 1  # a code block of plenty of words that a careless parser would take for a paragraph of prose
+
+.. function:: eggs(n)
+
+   Return *n* eggs. This paragraph is indented under a directive whose body is prose, and it is long
+   enough to be kept as one of the paragraphs of the documentation.
+
+.. This is a comment that is long enough to be kept were it prose, but comments are not shown to
+   readers, so it is dropped like the code and the literal blocks above and below it.
+
+* a list item that is long enough to be kept were it prose, but list items are not paragraphs of prose.
+"""
+
+
+def test_fresh2_loaders_parse_their_formats(tmp_path):
+    from load import drift_data
+
+    wn = tmp_path / "wordnet" / "x" / "usr" / "share" / "wordnet"
+    wn.mkdir(parents=True)
+    (wn / "data.noun").write_text(WNDB)
+    for pos in ("verb", "adj", "adv"):
+        (wn / f"data.{pos}").write_text("")
+    texts, labels = drift_data.wordnet(tmp_path)
+    assert texts == ['dog: a member of the genus Canis that has been domesticated by man since prehistoric times; '
+                     '"the dog barked all night"', "cat: feline mammal usually having thick soft fur",
+                     "able: (usually followed by `to') having the necessary means or skill"]
+    assert labels == ["noun.animal", "noun.animal", "adj.all"]
+
+    src = tmp_path / "python-docs" / "x" / "usr" / "share" / "doc" / "python3.11" / "html" / "_sources"
+    (src / "library").mkdir(parents=True)
+    (src / "library" / "spam.rst.txt").write_text(RST)
+    (src / "about.rst.txt").write_text("A page at the top of the documentation, with a single paragraph of "
+                                       "prose that holds more than twenty words in all, to be labelled root.\n")
+    texts, labels = drift_data.python_docs(tmp_path)
+    assert labels == ["root", "library", "library"]
+    assert texts[1] == ("This first paragraph has enough words to be kept by the parser, with a spam.eggs role, a "
+                        "literal, a link and emphasis in it, and it ends with a colon, so:")
+    assert texts[2].startswith("Return n eggs. This paragraph is indented under a directive")
