@@ -515,9 +515,9 @@ def _subset(texts, labels, cap: int | None, seed: int):
 #: corpus -> (loader(cache), variants embedded, document cap (seeded sample), pool name)
 CORPORA = {
     "reuters-r8": (reuters_r8, ("int8", "fp32", "trunc16", "boiler"), None, "reuters"),
-    "fortunes": (lambda cache: fortunes(), ("int8",), 8000, "fortunes"),
+    "fortunes": (lambda cache: fortunes(), ("int8", "fp32"), 8000, "fortunes"),
     "20newsgroups": (newsgroups20, ("int8", "fp32", "trunc16", "boiler"), 8000, "20ng"),
-    "foldoc": (lambda cache: dictd("foldoc"), ("int8",), 6000, "foldoc"),
+    "foldoc": (lambda cache: dictd("foldoc"), ("int8", "fp32"), 6000, "foldoc"),
     "devil": (lambda cache: dictd("devil"), ("int8",), None, "devil"),
     # the fresh part (load/drift_split.FRESH_CORPORA)
     "debian-packages": (debian_packages, ("int8", "fp32"), 8000, "debpkg"),

@@ -107,3 +107,20 @@ def test_fresh2_loaders_parse_their_formats(tmp_path):
     assert texts[1] == ("This first paragraph has enough words to be kept by the parser, with a spam.eggs role, a "
                         "literal, a link and emphasis in it, and it ends with a colon, so:")
     assert texts[2].startswith("Return n eggs. This paragraph is indented under a directive")
+
+
+def test_swap_snr_matches_its_formula():
+    """load.drift_snr's per-event SNR is |delta|^2 / sqrt(2 tr(C^2)): for isotropic rows of variance
+    s2 per axis in d dimensions, |delta|^2 / (s2 sqrt(2 d))."""
+    import numpy as np
+
+    from load.drift_snr import swap_snr
+
+    rng = np.random.default_rng(3)
+    d, s, n = 50, 0.1, 20_000
+    a = rng.normal(scale=s, size=(n, d))
+    b = rng.normal(scale=s, size=(n, d))
+    b[:, 0] += 0.05
+    expected = 0.05**2 / (s**2 * np.sqrt(2 * d))  # 0.025
+    assert abs(swap_snr(a, b) - expected) < 0.1 * expected
+    assert swap_snr(a, rng.normal(scale=s, size=(n, d))) < 0.1 * expected  # no shift: ~0
