@@ -109,20 +109,8 @@ def chunk_pool(corpus: str, part: str, cache: Path, variant: str = "int8", boile
     chunks = chunker.chunk_many(texts)
     counts = np.array([len(c) for c in chunks], dtype=np.int64)
     tokens = [c.token_ids for cs in chunks for c in cs]
-    vecs, norms, t0 = [], [], time.perf_counter()
-    for s in range(0, len(tokens), 256):
-        v, n = enc.encode_tokens(tokens[s : s + 256])
-        vecs.append(v)
-        norms.append(n)
-        done = min(s + 256, len(tokens))
-        print(f"\r[drift_chunks] {name}/{part}/{variant}: {done}/{len(tokens)} chunks, "
-              f"{done / (time.perf_counter() - t0):.0f}/s", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
-    v, n = np.vstack(vecs).astype(np.float32), np.concatenate(norms).astype(np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, vectors=v, norms=n, counts=counts)
-    tmp.replace(path)
+    v, n = drift_data.encode_batches(enc.encode_tokens, tokens, f"[drift_chunks] {name}/{part}/{variant}", "chunks")
+    drift_data.save_npz(path, vectors=v, norms=n, counts=counts)
     return ChunkPool(name, labels, counts, v, n)
 
 

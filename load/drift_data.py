@@ -485,23 +485,33 @@ def embed_cached(texts: list[str], *, corpus: str, variant: str, encoder_variant
     if path.exists():
         with np.load(path) as d:
             return d["vectors"], d["norms"], enc.fingerprint
-    path.parent.mkdir(parents=True, exist_ok=True)
+    v, n = encode_batches(enc.encode_with_norms, texts, f"[drift_data] {corpus}/{variant}", "docs", batch)
+    save_npz(path, vectors=v, norms=n, fingerprint=np.array(enc.fingerprint))
+    return v, n, enc.fingerprint
+
+
+def encode_batches(encode, items: list, label: str, unit: str, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors, norms) of ``items`` through ``encode`` (an encoder's ``encode_with_norms`` or
+    ``encode_tokens``), ``batch`` at a time, with a progress line on stderr."""
     t0 = time.perf_counter()
     vecs, norms = [], []
-    for s in range(0, len(texts), batch):
-        v, n = enc.encode_with_norms(texts[s : s + batch])
+    for s in range(0, len(items), batch):
+        v, n = encode(items[s : s + batch])
         vecs.append(v)
         norms.append(n)
-        done = min(s + batch, len(texts))
-        el = time.perf_counter() - t0
-        print(f"\r[drift_data] {corpus}/{variant}: {done}/{len(texts)} docs, {done / el:.0f} docs/s",
+        done = min(s + batch, len(items))
+        print(f"\r{label}: {done}/{len(items)} {unit}, {done / (time.perf_counter() - t0):.0f} {unit}/s",
               end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
-    v, n = np.vstack(vecs).astype(np.float32), np.concatenate(norms).astype(np.float32)
+    return np.vstack(vecs).astype(np.float32), np.concatenate(norms).astype(np.float32)
+
+
+def save_npz(path: Path, **arrays) -> None:
+    """Write ``arrays`` to ``path`` atomically (a run stopped midway leaves no partial cache file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, vectors=v, norms=n, fingerprint=np.array(enc.fingerprint))
+    np.savez(tmp, **arrays)
     tmp.replace(path)
-    return v, n, enc.fingerprint
 
 
 def _subset(texts, labels, cap: int | None, seed: int):
