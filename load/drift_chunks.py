@@ -3,6 +3,8 @@
     python -m load.drift_chunks --part tune                 # Reuters of the tuning part
     python -m load.drift_chunks --part holdout              # Reuters and 20 Newsgroups, held out
     python -m load.drift_chunks --synthetic --docs 4000     # no corpus, no model (the test)
+    python -m load.drift_chunks --part holdout --streams 0 --switch-runs 30 --footer --no-mix
+                                                            # boilerplate appended: in the last chunk
 
 ``load.drift_eval`` embeds each document once (the encoder truncates it to its first 256 tokens).
 The worker chunks a document (256 tokens, 32 overlapping; :class:`app.chunking.Chunker`) and
@@ -81,11 +83,15 @@ class ChunkPool:
                               or [np.zeros(0, np.int64)])
 
 
-def chunk_pool(corpus: str, part: str, cache: Path, variant: str = "int8", boilerplate: bool = False) -> ChunkPool:
+#: edits of every text of a chunk pool: web boilerplate prepended (``load.drift_eval``'s ``boiler``
+#: variant; it lands in a document's first chunk) or appended (a footer: in its last chunk)
+EDITS = {"boiler": drift_data.with_boilerplate, "footer": drift_data.with_footer}
+
+
+def chunk_pool(corpus: str, part: str, cache: Path, variant: str = "int8", edit: str = "") -> ChunkPool:
     """The chunk pool of one part of a corpus, built with the worker's chunker and the ``variant``
-    encoder (int8: the worker's on CPU). ``boilerplate``: every text with web boilerplate prepended
-    (``load.drift_data.with_boilerplate``, ``load.drift_eval``'s ``boiler`` variant): it lands in
-    a document's first chunk, and a long document has more chunks without it."""
+    encoder (int8: the worker's on CPU). ``edit``: every text edited by ``EDITS[edit]`` first (a long
+    document may then have one chunk more)."""
     from app.chunking import Chunker
 
     loader, _variants, cap, name = drift_data.CORPORA[corpus]
@@ -93,15 +99,15 @@ def chunk_pool(corpus: str, part: str, cache: Path, variant: str = "int8", boile
     texts, labels = drift_data._subset(texts, labels, cap, 0)
     rows = drift_split.split_indices(corpus, texts, part)
     texts, labels = [texts[i] for i in rows], np.array(labels)[rows]
-    if boilerplate:
-        texts = [drift_data.with_boilerplate(t) for t in texts]
+    if edit:
+        texts = [EDITS[edit](t) for t in texts]
     if not texts:  # a corpus held out whole, in the tuning part
         return ChunkPool(name, labels, np.zeros(0, dtype=np.int64), np.zeros((0, 0), np.float32), np.zeros(0, np.float32))
     enc = drift_data.load_encoder(variant)
     chunker = Chunker(enc.tokenizer)
     h = hashlib.sha256("\0".join(texts).encode()).hexdigest()[:12]
     fp = hashlib.sha256(enc.fingerprint.encode()).hexdigest()[:12]
-    kind = ("chunks" if variant == "int8" else f"chunks-{variant}") + ("-boiler" if boilerplate else "")
+    kind = ("chunks" if variant == "int8" else f"chunks-{variant}") + (f"-{edit}" if edit else "")
     path = Path(cache) / "embeddings" / f"{corpus}-{kind}-{chunker.signature}-{fp}-{h}.npz"
     if path.exists():
         with np.load(path) as d:
@@ -109,7 +115,8 @@ def chunk_pool(corpus: str, part: str, cache: Path, variant: str = "int8", boile
     chunks = chunker.chunk_many(texts)
     counts = np.array([len(c) for c in chunks], dtype=np.int64)
     tokens = [c.token_ids for cs in chunks for c in cs]
-    v, n = drift_data.encode_batches(enc.encode_tokens, tokens, f"[drift_chunks] {name}/{part}/{variant}", "chunks")
+    label = f"[drift_chunks] {name}/{part}/{variant}" + (f"/{edit}" if edit else "")
+    v, n = drift_data.encode_batches(enc.encode_tokens, tokens, label, "chunks")
     drift_data.save_npz(path, vectors=v, norms=n, counts=counts)
     return ChunkPool(name, labels, counts, v, n)
 
@@ -205,7 +212,7 @@ def evaluate(pools: dict[str, ChunkPool], *, part: str, streams: int, docs: int,
 
 def switches(pools: dict[str, ChunkPool], *, part: str, runs: int, before: int = 3000, after: int = 2000,
              config: DriftConfig | None = None, fp32: dict[str, ChunkPool] | None = None,
-             boiler: dict[str, ChunkPool] | None = None, mix: bool = True, log=print) -> list[dict]:
+             edited: dict[str, dict[str, ChunkPool]] | None = None, mix: bool = True, log=print) -> list[dict]:
     """Changes ``before`` documents after the warm-up; the delay, in documents, of the first FIRED
     alert at or after the change (a miss: none within ``after``; an alert before it: false):
 
@@ -214,9 +221,12 @@ def switches(pools: dict[str, ChunkPool], *, part: str, runs: int, before: int =
     * ``int8->fp32`` / ``fp32->int8`` (with ``fp32`` pools): the same stream of documents, through
       the other encoder from the change on (``load.drift_eval``'s ``encoder:P:...``; the canary's
       job first, DRIFT.md section 5);
-    * ``boilerplate`` (with ``boiler`` pools): the same stream of documents with web boilerplate
-      prepended from the change on (``load.drift_eval``'s ``boilerplate:P:100%``). Fed by event, a
-      long document's boilerplate chunk is averaged with its other chunks.
+    * ``boilerplate`` (with ``edited["boiler"]`` pools): the same stream of documents with web
+      boilerplate prepended from the change on (``load.drift_eval``'s ``boilerplate:P:100%``). Fed
+      by event, a long document's boilerplate chunk is averaged with its other chunks;
+    * ``footer`` (with ``edited["footer"]`` pools): the same boilerplate appended instead, so it
+      lands in the *last* chunk of a long document (the first 256 tokens, which is what
+      ``load.drift_eval`` embeds, do not change at all then).
     """
     config = config or DriftConfig()
     base = drift_split.run_seed(part)
@@ -228,8 +238,9 @@ def switches(pools: dict[str, ChunkPool], *, part: str, runs: int, before: int =
         changes = [(f"mix->{top}", pool, None)] if mix else []
         if fp32 and name in fp32:
             changes += [("int8->fp32", pool, fp32[name]), ("fp32->int8", fp32[name], pool)]
-        if boiler and name in boiler:
-            changes += [("boilerplate", pool, boiler[name])]
+        for edit, change in (("boiler", "boilerplate"), ("footer", "footer")):
+            if edited and name in edited.get(edit, {}):
+                changes += [(change, pool, edited[edit][name])]
         for (change, first, alt), (feeding, alpha) in ((c, f) for c in changes for f in FEEDINGS):
             delays, early, t0 = [], 0, time.perf_counter()
             for k in range(runs):
@@ -293,6 +304,9 @@ def main(argv=None) -> int:
     ap.add_argument("--boilerplate", action="store_true",
                     help="also a change to the same documents with web boilerplate prepended (builds the "
                          "boilerplate chunk pools: slow the first time)")
+    ap.add_argument("--footer", action="store_true",
+                    help="also a change to the same documents with the boilerplate appended (a footer, in "
+                         "the last chunk; builds the footer chunk pools: slow the first time)")
     ap.add_argument("--no-mix", action="store_true", help="leave out the switch of the mix to one topic")
     ap.add_argument("--cost", action="store_true", help="only time app.alerts.event_vectors on each pool")
     ap.add_argument("--cache", type=Path, default=drift_data.DEFAULT_CACHE)
@@ -300,7 +314,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.getLogger("app.drift").setLevel(logging.ERROR)  # the bursty warm-ups' warning, once per stream
     fp32: dict[str, ChunkPool] = {}
-    boiler: dict[str, ChunkPool] = {}
+    edited: dict[str, dict[str, ChunkPool]] = {"boiler": {}, "footer": {}}
     if args.synthetic:
         pools = {"synthetic": synthetic_pool(max(args.docs // 4, 500))}
     else:
@@ -315,8 +329,9 @@ def main(argv=None) -> int:
                 pools[name] = pool
                 if args.encoder:
                     fp32[name] = chunk_pool(corpus, args.part, args.cache, "fp32")
-                if args.boilerplate:
-                    boiler[name] = chunk_pool(corpus, args.part, args.cache, boilerplate=True)
+                for edit, wanted in (("boiler", args.boilerplate), ("footer", args.footer)):
+                    if wanted:
+                        edited[edit][name] = chunk_pool(corpus, args.part, args.cache, edit=edit)
                 print(f"[drift_chunks] {name}/{args.part}: {len(pool)} documents, {int(pool.counts.sum())} chunks; "
                       f"{(pool.counts > 1).mean():.0%} have more than one, at most {int(pool.counts.max())}",
                       flush=True)
@@ -328,7 +343,7 @@ def main(argv=None) -> int:
         return 0
     rows = evaluate(pools, part=args.part, streams=args.streams, docs=args.docs, burst=args.burst, log=say)
     if args.switch_runs:
-        rows += switches(pools, part=args.part, runs=args.switch_runs, fp32=fp32, boiler=boiler,
+        rows += switches(pools, part=args.part, runs=args.switch_runs, fp32=fp32, edited=edited,
                          mix=not args.no_mix, log=say)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

@@ -461,6 +461,11 @@ def with_boilerplate(text: str) -> str:
     return f"{BOILERPLATE} {text}"
 
 
+def with_footer(text: str) -> str:
+    """The boilerplate appended: in a long document it lands in the last chunk only."""
+    return f"{text} {BOILERPLATE}"
+
+
 # ---------------------------------------------------------------------------- embedding
 def load_encoder(variant: str):
     try:

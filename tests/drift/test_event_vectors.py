@@ -108,6 +108,26 @@ def test_documents_with_more_chunks_from_a_point_on_are_fed_and_located_by_their
     assert run_stream(pool, docs, "chunks", DriftConfig(serial_alpha=0.0), alt=alt, alt_from=5000)["rows"] == chunks
 
 
+def test_switches_report_the_edited_pools_changes_by_name():
+    # load.drift_chunks --footer / --boilerplate: the edited chunk pools become "footer" and
+    # "boilerplate" changes (a chunk appended here: the footer's), found in every feeding
+    from load.drift_chunks import FEEDINGS, ChunkPool, switches
+
+    pool = synthetic_pool(3000, seed=13)
+    footer = np.random.default_rng(14).normal(size=pool.vectors.shape[1])
+    footer = (footer / np.linalg.norm(footer)).astype(np.float32)
+    vecs, norms = [], []
+    for i in range(len(pool)):
+        vecs += [pool.vectors[pool.starts[i] : pool.starts[i] + pool.counts[i]], footer[None, :]]
+        norms += [pool.norms[pool.starts[i] : pool.starts[i] + pool.counts[i]], np.ones(1, np.float32)]
+    alt = ChunkPool(pool.name, pool.labels, pool.counts + 1, np.vstack(vecs), np.concatenate(norms))
+    rows = switches({"synthetic": pool}, part="tune", runs=2, after=1000, edited={"footer": {"synthetic": alt}},
+                    mix=False, log=lambda s: None)
+    assert [(r["stream"], r["feeding"]) for r in rows] == [("footer", f) for f, _ in FEEDINGS]
+    for r in rows:
+        assert r["missed"] == 0 and r["median_delay"] < 100, r
+
+
 def test_the_cost_benchmark_times_every_pool():
     from load.drift_chunks import cost
 
