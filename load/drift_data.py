@@ -37,6 +37,7 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import re
 import subprocess
 import sys
 import time
@@ -298,8 +299,6 @@ def wordnet(cache: Path, min_words: int = 6) -> tuple[list[str], list[str]]:
     definition and examples). The text is the first word (underscores as spaces, an adjective's
     ``(a)``-style marker dropped), a colon and the gloss. Fetched into ``<cache>/wordnet``.
     """
-    import re
-
     x = _debs(Path(cache) / "wordnet", ("wordnet-base",), "the WordNet glosses")
     texts, labels = [], []
     for pos in ("noun", "verb", "adj", "adv"):
@@ -322,30 +321,28 @@ def wordnet(cache: Path, min_words: int = 6) -> tuple[list[str], list[str]]:
     return _dedupe(texts, labels)
 
 
-_RST_ROLE = None
 #: the start of a directive whose indented body is not prose (code, tables, tables of contents,
 #: indexes, raw output) or of a comment (``..`` not followed by a directive, label or substitution)
-_RST_OPAQUE = __import__("re").compile(
+_RST_OPAQUE = re.compile(
     r"\.\.\s+(code-block|code|sourcecode|highlight|literalinclude|productionlist|doctest|testcode|testoutput|"
     r"testsetup|testcleanup|raw|csv-table|list-table|table|toctree|index|include|image|figure|audit-event-table|"
     r"availability|opcode|cmdoption|program|option|envvar|grammar-snippet)::"
     r"|\.\.(\s+(?![-\w:]+::|_|\|)|$)")
 
 
-def _rst_plain(text: str) -> str:
-    """reST inline markup made plain text: roles (``:func:`x```, ``:ref:`title <target>```), literals,
-    links and emphasis keep their words."""
-    import re
+#: reST inline markup: a role (``:func:`x```, ``:ref:`title <target>```), a literal, a link, emphasis
+_RST_ROLE = re.compile(r":[a-zA-Z:]+:`([^`<]*?)\s*(<[^>]*>)?`")
+_RST_LITERAL = re.compile(r"``([^`]*)``")
+_RST_LINK = re.compile(r"`([^`<]*?)\s*(<[^>]*>)?`_{1,2}")
+_RST_EMPHASIS = re.compile(r"\*\*([^*]+)\*\*|\*([^*]+)\*")
 
-    global _RST_ROLE
-    if _RST_ROLE is None:
-        _RST_ROLE = (re.compile(r":[a-zA-Z:]+:`([^`<]*?)\s*(<[^>]*>)?`"), re.compile(r"``([^`]*)``"),
-                     re.compile(r"`([^`<]*?)\s*(<[^>]*>)?`_{1,2}"), re.compile(r"\*\*([^*]+)\*\*|\*([^*]+)\*"))
-    role, lit, link, emph = _RST_ROLE
-    text = role.sub(lambda m: m.group(1).lstrip("~!"), text)
-    text = lit.sub(r"\1", text)
-    text = link.sub(r"\1", text)
-    text = emph.sub(lambda m: m.group(1) or m.group(2), text)
+
+def _rst_plain(text: str) -> str:
+    """reST inline markup made plain text: roles, literals, links and emphasis keep their words."""
+    text = _RST_ROLE.sub(lambda m: m.group(1).lstrip("~!"), text)
+    text = _RST_LITERAL.sub(r"\1", text)
+    text = _RST_LINK.sub(r"\1", text)
+    text = _RST_EMPHASIS.sub(lambda m: m.group(1) or m.group(2), text)
     return " ".join(text.split())
 
 
