@@ -412,8 +412,12 @@ def cmd_dev(args) -> int:
     setup_logging(s)
     data = Path(s.data_dir)
     data.mkdir(parents=True, exist_ok=True)
-    # SIGTERM (a supervisor, `kill`) stops like Ctrl-C does: worker and broker first, nothing orphaned
+    # SIGTERM (a supervisor, `kill`) stops like Ctrl-C does: worker and broker first, nothing orphaned.
+    # Ctrl-C is handled whatever the disposition inherited: a shell starts a background job (`&`
+    # without job control: scripts, CI runners) with SIGINT ignored, and `dev` would then ignore an
+    # interrupt sent on purpose and leave its broker and worker running (as `replay` does).
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     broker = EmbeddedBroker(port=args.port, log_path=data / "broker.log")
     worker = None
     try:
@@ -445,7 +449,7 @@ def cmd_dev(args) -> int:
                 _stop(worker)
             broker.stop()
         finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGINT, previous_int)
             signal.signal(signal.SIGTERM, previous)
 
 
