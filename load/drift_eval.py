@@ -386,8 +386,7 @@ HEADER = (f"{'scenario':42} {'runs':>4} {'live ev':>9} {'med.del':>7} {'p90':>5}
 
 def format_row(r: dict) -> str:
     fmt = lambda x, f="{:.0f}": "-" if x is None else f.format(x)  # noqa: E731
-    half = lambda x: "-" if x is None else f"{x:.0f}" if float(x).is_integer() else f"{x:.1f}"  # noqa: E731
-    return (f"{r['scenario']:42} {r['runs']:>4} {r['events']:>9} {half(r['median_delay']):>7} "
+    return (f"{r['scenario']:42} {r['runs']:>4} {r['events']:>9} {fmt(r['median_delay'], '{:g}'):>7} "
             f"{fmt(r['p90_delay']):>5} {fmt(r['missed'], '{}'):>4} {r['false_fired']:>10} "
             f"{r['false_fired_per_100k']:>6.2f} {r['us_per_vector']:>6.1f} {r['cpu_us_per_vector']:>5.1f} "
             f"{fmt(r['alerts_after_change_per_run'], '{:.1f}'):>10} {fmt(r['episodes_cleared'], '{}'):>5}  "

@@ -37,11 +37,6 @@ from app.drift.signals import fit_basis
 from load import drift_data, drift_split
 
 
-def tail_units(basis, vectors: np.ndarray) -> np.ndarray:
-    """The scan's unit tail rows of ``vectors`` (as the monitor computes them, without the keys)."""
-    return basis.tail_units(np.ascontiguousarray(vectors, dtype=np.float32))[0]
-
-
 def swap_snr(units_a: np.ndarray, units_b: np.ndarray) -> float:
     """``|mean(b) - mean(a)|^2 / sqrt(2 tau2)``, ``tau2`` the mean squared product of distinct
     centred rows of ``a`` (its first half against its second)."""
@@ -63,11 +58,11 @@ def pool_snr(v8: np.ndarray, v32: np.ndarray, fits=(1500, 3000), splits: int = 3
             if len(test) < 500:
                 break
             b = fit_basis(v8[fit])
-            vals.append(swap_snr(tail_units(b, v8[test]), tail_units(b, v32[test])))
+            vals.append(swap_snr(b.tail_units(v8[test])[0], b.tail_units(v32[test])[0]))
         if vals:
             out[str(nfit)] = float(np.mean(vals))
     b = fit_basis(v8)
-    out["in-sample"] = swap_snr(tail_units(b, v8), tail_units(b, v32))
+    out["in-sample"] = swap_snr(b.tail_units(v8)[0], b.tail_units(v32)[0])
     return out
 
 
