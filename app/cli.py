@@ -413,9 +413,10 @@ def cmd_dev(args) -> int:
     data = Path(s.data_dir)
     data.mkdir(parents=True, exist_ok=True)
     # SIGTERM (a supervisor, `kill`) stops like Ctrl-C does: worker and broker first, nothing orphaned.
-    # Ctrl-C is handled whatever the disposition inherited: a shell starts a background job (`&`
-    # without job control: scripts, CI runners) with SIGINT ignored, and `dev` would then ignore an
-    # interrupt sent on purpose and leave its broker and worker running (as `replay` does).
+    # Ctrl-C is handled whatever the disposition inherited (`replay` installs its own handler too): a
+    # shell starts a background job (`&` without job control: scripts, CI runners) with SIGINT
+    # ignored, and `dev` would then ignore an interrupt sent on purpose and leave its broker and
+    # worker running.
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     broker = EmbeddedBroker(port=args.port, log_path=data / "broker.log")

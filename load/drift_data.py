@@ -26,7 +26,8 @@ tree) when it runs:
   (Debian ``python3.11-doc``, its reST sources; PSF licence), both fetched with ``apt-get download``.
 
 The tuning / held-out split of these corpora is fixed in :mod:`load.drift_split`;
-:func:`real_pools` builds the pools of one part (``part="tune"`` or ``"holdout"``).
+:func:`real_pools` builds the pools of one part (one of ``drift_split.PARTS``: ``"tune"``,
+``"holdout"``, ``"fresh"``, ``"fresh2"``).
 
 Embeddings are cached in ``<cache>/embeddings/*.npz`` keyed by corpus, variant, encoder fingerprint
 and a hash of the texts. A synthetic pool with the same shape (:func:`synthetic_pools`) lets the
@@ -553,10 +554,13 @@ def real_pools(cache: Path = DEFAULT_CACHE, *, part: str | None = None, max_docs
                variants: tuple[str, ...] | None = None) -> dict[str, Pool]:
     """Pools of the real corpora, restricted to one part of the fixed split (see :mod:`load.drift_split`).
 
-    ``part``: ``"tune"``, ``"holdout"`` or None (every document; only for embedding/caching).
-    Pool names: ``reuters``, ``fortunes``, ``20ng``, ``foldoc``, ``devil``; a corpus that is not
-    installed is skipped with a message, except Reuters (:class:`DataMissing`). The embeddings of a corpus are computed (and cached) for all its documents, so
-    the cache does not depend on the part. ``max_docs`` caps every corpus (a faster first run).
+    ``part``: one of ``drift_split.PARTS`` (``"tune"``, ``"holdout"``, ``"fresh"``, ``"fresh2"``) or
+    None (every document; only for embedding/caching).
+    Pool names: the last field of :data:`CORPORA` (``reuters``, ``fortunes``, ``20ng``, ``foldoc``,
+    ``devil``, ``debpkg``, ``manpages``, ``tweets``, ``friends``, ``wordnet``, ``pydocs``); a corpus
+    that is not installed is skipped with a message, except Reuters (:class:`DataMissing`). The
+    embeddings of a corpus are computed (and cached) for all its documents, so the cache does not
+    depend on the part. ``max_docs`` caps every corpus (a faster first run).
     """
     from load.drift_split import split_indices
 
