@@ -28,6 +28,7 @@ import numpy as np
 from app.drift import DriftAlert, DriftConfig, DriftMonitor
 from app.drift.alert import alert_schema, alert_schema_v1, writer_schema
 from app.drift.canary import EncoderCanary, encoder_changed_alert
+from app.drift.variants import variant_offsets
 from app.events import SINGLE_OBJECT_MAGIC, DecodeError, schema_fingerprint
 
 log = logging.getLogger(__name__)
@@ -125,11 +126,15 @@ class DriftStage:
     ENCODER_CHANGED alert, returned by the next :meth:`observe` with the batch's other alerts (the
     worker publishes them and waits for Kafka's acknowledgement before acking the batch); the same
     change is reported once per process.
+
+    The encoder's model directory also gives the monitor the offsets of the encoder's other known
+    variants (:mod:`app.drift.variants`: ``variant_fp32`` for an int8 encoder), if it records them.
     """
 
     def __init__(self, fingerprint: str, collection: str, state_dir: Path, config: DriftConfig | None = None, *,
                  encoder=None, canary_every: int = 64):
-        self.monitor = DriftMonitor((fingerprint, collection), state_dir, config=config)
+        offsets = variant_offsets(getattr(encoder, "model_dir", None), fingerprint)
+        self.monitor = DriftMonitor((fingerprint, collection), state_dir, config=config, variants=offsets)
         self.fingerprint, self.collection = fingerprint, collection
         log.info("drift monitor %s/%s: %s", fingerprint, collection,
                  "warming up" if self.monitor.warming_up else "resumed from saved reference")

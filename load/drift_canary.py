@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from app.drift.canary import compare, load_texts, reference_path, texts_digest, write_reference
+from app.drift.canary import int8_isa
 from load.procs import cpu_model
 
 VARIANTS = ("int8", "fp32")
@@ -99,7 +100,7 @@ def record(variants=VARIANTS, log=print) -> list[Path]:
                 "source": "python -m load.drift_canary --record",
                 "versions": {"onnxruntime": onnxruntime.__version__, "tokenizers": tokenizers.__version__,
                              "numpy": np.__version__, "python": platform.python_version()},
-                "cpu": cpu_model()}
+                "cpu": cpu_model(), "int8_isa": int8_isa()}
         path = reference_path(enc.model_dir, enc.fingerprint, enc.provider)
         write_reference(path, ref, meta)
         log(f"wrote {path} ({len(texts)} texts; noise 1-cos {noise['max_cosine_distance']:.2e}, "

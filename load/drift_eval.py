@@ -252,9 +252,11 @@ def event_times(rng, n: int, start_ms: int = 1_767_225_600_000, mean_gap_ms: flo
 
 
 def run_stream(vectors, norms, ids, *, config: DriftConfig, batch: int, state_dir: Path, fingerprint: str,
-               times=None, n_partitions: int = 4) -> dict:
-    """Feed one stream to a fresh monitor; return its alerts and the live-phase cost."""
-    mon = DriftMonitor((fingerprint, "eval"), state_dir, config=config, clock=time.time)
+               times=None, n_partitions: int = 4, variants: dict | None = None) -> dict:
+    """Feed one stream to a fresh monitor; return its alerts and the live-phase cost.
+
+    ``variants``: the monitor's known-variant offsets (:mod:`app.drift.variants`)."""
+    mon = DriftMonitor((fingerprint, "eval"), state_dir, config=config, clock=time.time, variants=variants)
     n = len(vectors)
     parts = np.arange(n) % n_partitions
     offs = np.arange(n) // n_partitions
@@ -279,13 +281,33 @@ def run_stream(vectors, norms, ids, *, config: DriftConfig, batch: int, state_di
             "serially_dependent": bool((status["serial_dependence"] or {}).get("dependent"))}
 
 
+def known_variants(model_dir: Path | None = None) -> dict[str, dict]:
+    """``{encoder variant: offsets}`` for every variant recorded in the model's
+    ``variant-means.npz`` (:func:`app.drift.variants.variant_offsets`); empty without the file."""
+    from app.drift.variants import MEANS_FILE, read_means, variant_name, variant_offsets
+    from app.encoder import MODEL_DIR
+
+    model_dir = Path(model_dir or MODEL_DIR)
+    got = read_means(model_dir / MEANS_FILE)
+    return {} if got is None else {variant_name(fp): variant_offsets(model_dir, fp) for fp in got[0]}
+
+
+def _offsets_for(variants: dict[str, dict] | None, variant: str) -> dict | None:
+    if not variants:
+        return None
+    return variants.get(variant, variants.get("int8"))
+
+
 def _seed(part: str, offset: int) -> int:
     return drift_split.run_seed(part) + offset
 
 
 def evaluate(pools, config: DriftConfig, *, part: str, runs: int, free_runs: int, free_events: int, lead: int,
              horizon: int, ramp: int, batch: int, seed: int, tail: int = 3000, only: list[str] | None = None,
-             log=print) -> list[dict]:
+             variants: dict[str, dict] | None = None, log=print) -> list[dict]:
+    """``variants``: ``{encoder variant: its known-variant offsets}`` (:func:`known_variants`); a
+    stream's monitor gets the offsets of the variant its warm-up was embedded with (``int8`` for the
+    text variants ``trunc16`` and ``boiler``). None: no ``variant_`` signals."""
     fp = next(iter(pools.values())).fingerprint
     results = []
     base = _seed(part, seed)
@@ -311,7 +333,7 @@ def evaluate(pools, config: DriftConfig, *, part: str, runs: int, free_runs: int
                 v, nrm, ids = build_stream(pools, sc, rng, n_before=n_before, n_after=n_after)
                 times = event_times(rng, len(v))
                 out = run_stream(v, nrm, ids, config=config, batch=batch, state_dir=Path(tmp), fingerprint=fp,
-                                 times=times)
+                                 times=times, variants=_offsets_for(variants, sc.before.variant))
                 live_time += out["live_time"]
                 live_cpu += out["live_cpu"]
                 live_events += out["live_events"]
@@ -504,6 +526,8 @@ def parse_args(argv=None):
     ap.add_argument("--max-docs", type=int, default=None, help="cap every corpus (faster first embedding)")
     ap.add_argument("--only", default=None, help="comma-separated scenario name prefixes")
     ap.add_argument("--seed", type=int, default=0, help="offset added to the part's base seed")
+    ap.add_argument("--no-variants", action="store_true",
+                    help="monitors without the known-variant signals (variant_fp32 ...; app/drift/variants.py)")
     ap.add_argument("--warmup", type=int, default=None, help="override DriftConfig.warmup")
     ap.add_argument("--config", default=None, help="other DriftConfig fields, e.g. 'shift_budget=2.5e-6,block=8,shift_windows=32/48/72'")
     ap.add_argument("--cost", action="store_true", help="cost benchmark by batch size instead")
@@ -560,11 +584,12 @@ def main(argv=None) -> int:
         print(f"total {time.perf_counter() - t0:.1f}s")
         return 0
     print(f"config: warmup={config.warmup} block={config.block} detectors={[s.to_dict() for s in config.detectors]} "
-          f"shift_budget={config.shift_budget}")
+          f"shift_budget={config.shift_budget} variants={'off' if args.no_variants or args.synthetic else 'on'}")
     print(HEADER)
     results = evaluate(pools, config, part=args.part, runs=runs, free_runs=free_runs, free_events=free_events,
                        lead=args.lead, horizon=args.horizon, ramp=args.ramp, batch=args.batch, seed=args.seed,
-                       tail=args.tail, only=args.only.split(",") if args.only else None)
+                       tail=args.tail, only=args.only.split(",") if args.only else None,
+                       variants=None if args.no_variants or args.synthetic else known_variants())
     summary = summarise(results)
     print(f"summary: {json.dumps(summary)}")
     print(f"total {time.perf_counter() - t0:.1f}s")

@@ -28,7 +28,7 @@ import numpy as np
 from app.drift import DriftConfig
 from app.drift.calibration import null_rates
 from load import drift_data, drift_eval
-from load.drift_eval import parse_config
+from load.drift_eval import known_variants, parse_config
 
 COLLECTIONS = {
     "tune": [("fortunes", "definitions"), ("fortunes", "people"), ("reuters", "acq"), ("reuters", "earn"),
@@ -62,14 +62,16 @@ def main(argv=None) -> int:
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--config", default=None, help="other DriftConfig fields, e.g. shift_budget=1.25e-6")
+    ap.add_argument("--no-variants", action="store_true", help="monitors without the known-variant signals")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     pools = drift_data.real_pools(part=args.part, variants=("int8",))
     cfg = DriftConfig() if args.warmup is None else replace(DriftConfig(), warmup=args.warmup)
     cfg = parse_config(args.config, cfg)
+    offsets = known_variants().get("int8")
     print(f"part {args.part}; warm-up {cfg.warmup}; shift budget {cfg.shift_budget}; {args.streams} x {args.events} "
-          "events per collection")
+          f"events per collection; variant signals {sorted(offsets or {}) if not args.no_variants else 'off'}")
     out, raw, fired, events = [], 0, 0, 0
     for name, what in COLLECTIONS[args.part]:
         if name not in pools:
@@ -78,7 +80,8 @@ def main(argv=None) -> int:
         idx = _rows(pool, what)
         v, n = pool.variants["int8"]
         t = time.perf_counter()
-        r = null_rates(v[idx], n[idx], config=cfg, streams=args.streams, events=args.events, seed=args.seed)
+        r = null_rates(v[idx], n[idx], config=cfg, streams=args.streams, events=args.events, seed=args.seed,
+                       variants=None if args.no_variants else offsets)
         thr = [x.get("shift") for x in r["thresholds"]]
         label = f"{name}:{'pool' + str(what) if isinstance(what, int) else what or 'all'}"
         print(f"{label:24s} docs {len(idx):5d} raw {r['raw_alarms']:3d} ({r['raw_per_100k']:.2f}/100k) fired "

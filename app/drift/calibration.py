@@ -78,13 +78,15 @@ def ph_table(ns=PH_TABLE_NS, grid=PH_TABLE_GRID, *, streams: int = 500, events: 
 
 
 def null_rates(vectors: np.ndarray, norms: np.ndarray | None = None, *, config: DriftConfig | None = None,
-               streams: int = 4, events: int = 100_000, seed: int = 0, batch: int = 4096) -> dict:
+               streams: int = 4, events: int = 100_000, seed: int = 0, batch: int = 4096,
+               variants: dict[str, np.ndarray] | None = None) -> dict:
     """Raw alarms (per signal) and FIRED alerts of real monitors on drift-free resampled streams.
 
     Each of ``streams`` streams draws ``config.warmup + events`` rows of ``vectors`` with replacement
     (i.i.d.: drift-free by construction), and a fresh :class:`DriftMonitor` learns its own reference
-    and thresholds from the first ``warmup`` of them. Returns counts, rates per 100k live events, and
-    exact 95 % Poisson upper bounds.
+    and thresholds from the first ``warmup`` of them (``variants``: the monitors' known-variant
+    offsets, :mod:`app.drift.variants`). Returns counts, rates per 100k live events, and exact 95 %
+    Poisson upper bounds.
     """
     c = config or DriftConfig()
     v = np.asarray(vectors, dtype=np.float32)
@@ -94,7 +96,7 @@ def null_rates(vectors: np.ndarray, norms: np.ndarray | None = None, *, config: 
     raw, fired, live, thresholds = 0, 0, 0, []
     with tempfile.TemporaryDirectory(prefix="drift-null-") as tmp:
         for s in range(streams):
-            mon = DriftMonitor(("null", f"s{s}"), tmp, config=c, clock=lambda: 0.0)
+            mon = DriftMonitor(("null", f"s{s}"), tmp, config=c, clock=lambda: 0.0, variants=variants)
             total = c.warmup + events
             for a in range(0, total, batch):
                 idx = rng.integers(len(v), size=min(batch, total - a))

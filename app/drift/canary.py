@@ -21,6 +21,11 @@ tolerances, each ``max(floor, NOISE_FACTOR x measured noise)``: on ``1 - cosine`
 the cosine); either one exceeded is a change. Both are far below what a real change does (int8 vs
 fp32 under one fingerprint: worst cosine 0.964 on these texts).
 
+**CPU class.** The int8 model's vectors depend on the CPU's int8 instructions (ONNX Runtime's u8s8
+kernels with and without VNNI differ: worst cosine ~0.965 on these texts). A reference records the
+int8 flags of the CPU it was recorded on (``int8_isa``); a shipped reference recorded on another
+class is not used, and the host keeps a local one, as below.
+
 **No reference for this fingerprint/provider** (e.g. CUDA, where nothing could be recorded here):
 the first check's vectors become a *local* reference in the drift state directory, so that later
 checks (every ``every`` batches, after a reload, after a restart) still catch a change; the status
@@ -33,6 +38,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import platform
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -43,7 +50,9 @@ import numpy as np
 from .alert import AlertKind, CanaryCheck, DriftAlert, Severity
 from .reference import savez_atomic
 
-__all__ = ["CANARY_FILE", "CanaryResult", "EncoderCanary", "load_texts", "reference_path", "read_reference",
+log = logging.getLogger(__name__)
+
+__all__ = ["INT8_FLAGS", "int8_isa", "CANARY_FILE", "CanaryResult", "EncoderCanary", "load_texts", "reference_path", "read_reference",
            "write_reference", "compare", "texts_digest", "encoder_changed_alert", "TOLERANCE_FLOOR",
            "ABS_TOLERANCE_FLOOR", "NOISE_FACTOR"]
 
@@ -56,9 +65,31 @@ ABS_TOLERANCE_FLOOR = 1e-6
 NOISE_FACTOR = 10.0
 
 
-def load_texts(model_dir: Path | str) -> list[str]:
-    """The canary texts of a model directory: one per line; ``#`` lines and blank lines skipped."""
-    path = Path(model_dir) / CANARY_FILE
+#: the CPU flags that decide which int8 kernels ONNX Runtime runs (u8s8 products with and without
+#: VNNI round and saturate differently: the int8 vectors of two such CPUs differ, worst cosine ~0.965
+#: on the canary texts)
+INT8_FLAGS = ("avx2", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+
+
+def int8_isa(cpuinfo: str | None = None) -> str:
+    """The int8-relevant instruction sets of this CPU, e.g. ``"avx2 avx512_vnni avx512bw"``.
+
+    >>> int8_isa("flags : fpu avx2 avx512bw avx512_vnni sse4_2")
+    'avx2 avx512_vnni avx512bw'
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return platform.machine()
+    flags = set(cpuinfo.split())
+    return " ".join(sorted(f for f in INT8_FLAGS if f in flags)) or platform.machine()
+
+
+def load_texts(model_dir: Path | str, name: str = CANARY_FILE) -> list[str]:
+    """The canary texts of a model directory (or another text file of it, ``name``): one per line;
+    ``#`` lines and blank lines skipped."""
+    path = Path(model_dir) / name
     lines = path.read_text(encoding="utf-8").splitlines()
     return [x for x in lines if x.strip() and not x.startswith("#")]
 
@@ -168,7 +199,13 @@ class EncoderCanary:
     def _find_reference(self):
         shipped = read_reference(reference_path(self.model_dir, self.fingerprint, self.provider))
         if shipped is not None and shipped[1].get("texts_sha256") == self.digest:
-            return shipped[0], "shipped", shipped[1]
+            isa = shipped[1].get("int8_isa")
+            if isa is None or isa == int8_isa():
+                return shipped[0], "shipped", shipped[1]
+            # recorded on a CPU with other int8 instructions: its int8 kernels compute other vectors
+            # (DRIFT.md section 5), so the shipped reference is not this host's; a local one is kept
+            log.info("encoder canary: the shipped reference of %s was recorded on a CPU with other int8 "
+                     "instructions (%s, here %s); a local reference is used", self.fingerprint, isa, int8_isa())
         if self.state_dir is not None:
             local = read_reference(reference_path(self.state_dir, self.fingerprint, self.provider))
             if local is not None and local[1].get("texts_sha256") == self.digest:

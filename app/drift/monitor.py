@@ -253,6 +253,10 @@ class DriftMonitor:
         :class:`DriftConfig`; thresholds are derived from each collection's warm-up (DRIFT.md).
     clock
         Wall clock in seconds (injectable for tests); used only for the alerts' ``fired_at``.
+    variants
+        ``{name: offset}``: the mean offset (d,) of each known variant of this encoder
+        (:func:`app.drift.variants.variant_offsets`); each gets a ``variant_<name>`` signal from the
+        next warm-up on. A reference restored from the state file keeps the signals it was fitted with.
 
     Examples
     --------
@@ -293,11 +297,13 @@ class DriftMonitor:
         *,
         config: DriftConfig | None = None,
         clock: Callable[[], float] = time.time,
+        variants: dict[str, np.ndarray] | None = None,
     ):
         self.key = MonitorKey(*key)
         self.state_dir = Path(state_dir)
         self.config = config or DriftConfig()
         self.clock = clock
+        self.variants = {str(k): np.asarray(v, dtype=np.float64) for k, v in (variants or {}).items()}
         self.path = state_path(self.state_dir, self.key)
         self._reset_all()
         self._load()
@@ -643,7 +649,7 @@ class DriftMonitor:
         c = self.config
         vecs = np.vstack(self._warm_vecs)
         norms = np.concatenate(self._warm_norms) if self._warm_norms_ok and self._warm_norms else None
-        ref, z_hold = learn_reference(vecs, norms, **c.reference_kwargs())
+        ref, z_hold = learn_reference(vecs, norms, directions=self.variants or None, **c.reference_kwargs())
         self._warm_vecs, self._warm_norms = [], []
         # content hash: the same warm-up gives the same reference id, hence the same alert ids
         h = hashlib.sha256()

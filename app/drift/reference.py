@@ -133,6 +133,7 @@ def learn_reference(
     shrink: float = 0.01,
     power: float = SHIFT_POWER,
     seed: int = 0,
+    directions: dict[str, np.ndarray] | None = None,
 ) -> tuple[Reference, np.ndarray]:
     """Learn a :class:`Reference` from warm-up vectors.
 
@@ -156,6 +157,7 @@ def learn_reference(
         shrink=shrink,
         power=power,
         seed=seed,
+        directions=directions,
     )
     if basis.window > 0:
         units, keys = basis.tail_units(v[n_fit:])

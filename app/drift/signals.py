@@ -25,6 +25,14 @@ scalars, all computed with one matrix product per batch:
     swap (fp32 -> int8 moves every vector by a systematic offset that is small in cosine terms but
     large relative to the low-variance directions); it needs state, kept in a
     :class:`~app.drift.scan.ShiftScan`;
+``variant_<name>``
+    one per *known variant* of the encoder that the monitor is given a direction for (e.g.
+    ``variant_fp32`` for a collection embedded with the int8 model): the projection of the vector on
+    ``(C + shrink mean(eig C) I)^-1 d``, ``C`` the covariance of the fit rows and ``d`` the mean
+    difference between that variant's vectors and this encoder's on a fixed text set shipped with
+    the model (:mod:`app.drift.variants`). The most powerful linear test for a mean shift along
+    ``d``: an encoder swapped for that variant under the same fingerprint moves it by a fraction of
+    an sd per event, where ``shift`` (any direction) sees a few hundredths (DRIFT.md section 2);
 ``lognorm``
     log of the pre-normalisation norm, when the encoder passes it (length / tokenizer changes).
 
@@ -40,7 +48,8 @@ import numpy as np
 
 from .scan import SHIFT_BUDGET_PER_EVENT, SHIFT_WINDOWS, SKETCH_BITS, ScanNull, ShiftScan, pack_keys, unit_rows
 
-__all__ = ["SHIFT_POWER", "SHIFT_WINDOWS", "SignalBasis", "ShiftScan", "ScanNull", "fit_basis", "spherical_kmeans"]
+__all__ = ["SHIFT_POWER", "SHIFT_WINDOWS", "SignalBasis", "ShiftScan", "ScanNull", "fit_basis", "spherical_kmeans",
+           "variant_tests"]
 
 #: power of the ``shift`` scan's tail weighting (DRIFT.md section 2)
 SHIFT_POWER = 1.5
@@ -145,6 +154,8 @@ class SignalBasis:
         How many leading whitened axes are emitted as ``axis1..axisN``.
     use_norm
         Whether the ``lognorm`` signal is part of the basis.
+    variants
+        Test directions of the ``variant_<name>`` signals (d, m), in the order of ``variant_names``.
 
     Examples
     --------
@@ -172,10 +183,18 @@ class SignalBasis:
     #: centre of the ``tail`` rows when it was fitted apart from the rest (:func:`fit_tail`; a
     #: monitor's second fit of the scan on more events); None: ``mean``
     tail_mean: np.ndarray | None = None
+    variants: np.ndarray | None = None
+    variant_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        # One matrix holds every direction we project on: [centroid | axes | clusters^T | tail | sketch].
-        proj = np.hstack([self.centroid[:, None], self.axes, self.clusters.T, self.tail, self.sketch])
+        if self.variants is None:
+            object.__setattr__(self, "variants", np.zeros((self.centroid.shape[0], 0), dtype=np.float32))
+        if self.variants.shape[1] != len(self.variant_names):
+            raise ValueError(f"{self.variants.shape[1]} variant directions for {len(self.variant_names)} names")
+        # One matrix holds every direction we project on:
+        # [centroid | axes | clusters^T | tail | sketch | variants].
+        proj = np.hstack([self.centroid[:, None], self.axes, self.clusters.T, self.tail, self.sketch,
+                          self.variants])
         proj = proj.astype(np.float32)
         mean = self.mean.astype(np.float64)
         tmean = mean if self.tail_mean is None else self.tail_mean.astype(np.float64)
@@ -183,6 +202,7 @@ class SignalBasis:
         object.__setattr__(self, "_offset", mean @ self.axes.astype(np.float64))
         object.__setattr__(self, "_tail_offset", tmean @ self.tail.astype(np.float64))
         object.__setattr__(self, "_sketch_offset", tmean @ self.sketch.astype(np.float64))
+        object.__setattr__(self, "_variant_offset", mean @ self.variants.astype(np.float64))
 
     @property
     def window(self) -> int:
@@ -205,7 +225,7 @@ class SignalBasis:
         # rows that are not finite must not poison the window (they become zero rows)
         tail[bad] = 0.0
         if self.sketch.shape[1]:
-            keys = pack_keys(p[:, a + t :] - self._sketch_offset > 0)
+            keys = pack_keys(p[:, a + t : a + t + self.sketch.shape[1]] - self._sketch_offset > 0)
         else:
             keys = np.arange(len(p), dtype=np.uint64) | np.uint64(1 << 63)
         return unit_rows(tail), keys
@@ -219,6 +239,7 @@ class SignalBasis:
         names = ["centroid", *(f"axis{i + 1}" for i in range(self.n_axes)), "mahal", "nearest"]
         if self.window > 0:
             names.append("shift")
+        names.extend(f"variant_{n}" for n in self.variant_names)
         if self.use_norm:
             names.append("lognorm")
         return tuple(names)
@@ -246,6 +267,10 @@ class SignalBasis:
         if self.window > 0:
             units, keys = self._tail_and_keys(p)
             out[:, 3 + self.n_axes] = (window or self.new_window()).update(units, keys)
+        m = self.variants.shape[1]
+        if m:
+            j = 3 + self.n_axes + (self.window > 0)
+            out[:, j : j + m] = p[:, p.shape[1] - m :] - self._variant_offset
         if self.use_norm:
             if norms is None:
                 out[:, -1] = np.nan
@@ -270,6 +295,8 @@ class SignalBasis:
             prefix + "sketch": self.sketch,
             prefix + "scan_null": (np.empty(0) if self.scan_null is None else self.scan_null.to_array()),
             **({} if self.tail_mean is None else {prefix + "tail_mean": self.tail_mean}),
+            **({} if not self.variant_names else {prefix + "variants": self.variants,
+                                                  prefix + "variant_names": np.array(self.variant_names)}),
         }
 
     @classmethod
@@ -290,6 +317,10 @@ class SignalBasis:
                        else None),
             tail_mean=(np.asarray(arrays[prefix + "tail_mean"], dtype=np.float32) if prefix + "tail_mean" in arrays
                        else None),
+            variants=(np.asarray(arrays[prefix + "variants"], dtype=np.float32) if prefix + "variants" in arrays
+                      else None),
+            variant_names=(tuple(str(x) for x in np.asarray(arrays[prefix + "variant_names"]).tolist())
+                           if prefix + "variant_names" in arrays else ()),
         )
 
 
@@ -370,8 +401,12 @@ def fit_basis(
     shrink: float = 0.01,
     power: float = SHIFT_POWER,
     seed: int = 0,
+    directions: dict[str, np.ndarray] | None = None,
 ) -> SignalBasis:
     """Fit a :class:`SignalBasis` on reference vectors (n, d); ``norms`` enables ``lognorm``.
+
+    ``directions``: ``{name: d}``, the mean offset of a known variant of the encoder (d,), one
+    ``variant_<name>`` signal each (:func:`variant_tests`).
 
     ``windows=()`` disables the ``shift`` signal. ``power`` = 1 is plain whitening of the tail;
     1.5 weights its lowest-variance axes more (see DRIFT.md section 2). The ``shift`` null
@@ -395,6 +430,8 @@ def fit_basis(
         tail = np.zeros((d, 0))
         sketch = np.zeros((d, 0))
     clusters = spherical_kmeans(v, n_clusters, seed=seed)
+    names = tuple(sorted(directions or {}))
+    variants = variant_tests(vt, var, [directions[n] for n in names], shrink=shrink) if names else None
     return SignalBasis(
         mean=mean.astype(np.float32),
         centroid=centroid.astype(np.float32),
@@ -406,4 +443,36 @@ def fit_basis(
         n_axes=min(n_axes, q),
         use_norm=norms is not None,
         sketch=sketch.astype(np.float32),
+        variants=variants,
+        variant_names=names,
     )
+
+
+def variant_tests(vt: np.ndarray, var: np.ndarray, offsets: list[np.ndarray], *, shrink: float) -> np.ndarray:
+    """Test directions ``w = (C + shrink mean(eig C) I)^-1 d`` (d, m) for the mean ``offsets`` ``d``,
+    from the principal axes ``vt`` and variances ``var`` of the fit rows, each scaled to unit
+    variance on them (``w' C w = 1``). ``C^-1 d`` is the most powerful linear test of a mean shift
+    ``d`` (Fisher's discriminant); the shrinkage is the ``shift`` scan's (the smallest eigenvalues
+    of a 384-dimensional covariance from ~1500 rows are underestimated). Axes missing from ``vt``
+    (fewer rows than dimensions) get the shrinkage alone.
+
+    >>> rng = np.random.default_rng(4)
+    >>> x = rng.normal(size=(2000, 3)) * [3.0, 1.0, 0.1]
+    >>> mean, vt, var = _svd(x)
+    >>> w = variant_tests(vt, var, [np.array([1.0, 1.0, 1.0])], shrink=0.0)[:, 0]
+    >>> np.round(w / np.abs(w).max(), 2).astype(np.float64)   # mostly the low-variance axis
+    array([0.  , 0.01, 1.  ])
+    """
+    d = vt.shape[1]
+    lam0 = shrink * (var.sum() / d)
+    out = np.empty((d, len(offsets)), dtype=np.float64)
+    for j, off in enumerate(offsets):
+        off = np.asarray(off, dtype=np.float64).reshape(-1)
+        if off.shape != (d,) or not np.isfinite(off).all():
+            raise ValueError(f"a variant offset must be a finite vector of dimension {d}, got shape {off.shape}")
+        c = vt @ off
+        # the part of d outside the fitted axes is divided by the shrinkage alone
+        w = vt.T @ (c / (var[: len(c)] + lam0)) + (off - vt.T @ c) / max(lam0, 1e-12)
+        sd = np.sqrt(float(np.sum((vt @ w) ** 2 * var[: len(c)])))
+        out[:, j] = w / sd if sd > 0 else w
+    return out.astype(np.float32)

@@ -5,6 +5,7 @@ import importlib
 import pytest
 
 MODULES = ["signals", "scan", "nulls", "reference", "detectors", "alert", "canary", "calibration", "monitor", "states",
+           "variants",
            "__init__"]
 
 

@@ -1,0 +1,120 @@
+"""The known-variant signals (app/drift/variants.py, ``variant_<name>`` in app/drift/signals.py)."""
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from app.drift import DriftConfig, DriftMonitor
+from app.drift.reference import Reference, learn_reference
+from app.drift.variants import MEANS_FILE, read_means, variant_name, variant_offsets, write_means
+from app.encoder import MODEL_DIR
+
+from .synth import centres, feed, sample
+
+KEY = ("model:int8:abc", "docs")
+# Pinned outcomes of the seeded encoder-swap stream below (default DriftConfig()): with the known
+# offset the swap at 6000 is first seen by `variant_fp32`; without it, by `shift` at 6146
+# (test_monitor.SMALL_SHIFT_FIRST, the same stream).
+VARIANT_FIRST = ("FIRED", 6055, ["variant_fp32"])
+
+
+class FakeClock:
+    def __call__(self):
+        return 1_700_000_000.0
+
+
+def _swap_stream():
+    # test_monitor.test_small_mean_shift_is_seen_by_the_shift_scan_only's stream: every vector
+    # moves by the same small offset at event 6000, the topic mix is unchanged
+    c = centres(71)
+    rng = np.random.default_rng(72)
+    v0, n0 = sample(rng, c, range(6), 6000)
+    bias = np.random.default_rng(73).normal(size=c.shape[1]) * 0.12
+    v1, n1 = sample(rng, c, range(6), 2000, bias=bias)
+    # the recorded offset: another set of "texts" (draws) with and without the bias, as
+    # `load.drift_variants --record` measures it on the text set shipped with the model
+    a, _ = sample(np.random.default_rng(74), c, range(6), 500)
+    b, _ = sample(np.random.default_rng(74), c, range(6), 500, bias=bias)
+    return np.vstack([v0, v1]), np.concatenate([n0, n1]), b.mean(axis=0) - a.mean(axis=0)
+
+
+def test_a_swap_along_a_known_offset_is_seen_by_its_signal_first(tmp_path):
+    v, n, offset = _swap_stream()
+    mon = DriftMonitor(KEY, tmp_path / "with", clock=FakeClock(), variants={"fp32": offset})
+    alerts = feed(mon, v, n)
+    assert "variant_fp32" in mon.signal_names
+    first = alerts[0]
+    assert (first.kind.value, first.event_index, first.signals) == VARIANT_FIRST
+    # the same stream without the offset: only the `shift` scan sees it, 91 events later
+    alone = feed(DriftMonitor(KEY, tmp_path / "without", clock=FakeClock()), v, n)
+    assert (alone[0].event_index, alone[0].signals) == (6146, ["shift"])
+
+
+def test_an_offset_the_stream_does_not_take_stays_quiet(tmp_path):
+    # a change in another direction (a topic switch) is not reported by the variant signal alone,
+    # and a drift-free stream gives it no alarm
+    c = centres(21)
+    rng = np.random.default_rng(22)
+    offset = np.random.default_rng(5).normal(size=c.shape[1]) * 1e-3
+    mon = DriftMonitor(KEY, tmp_path, clock=FakeClock(), variants={"fp32": offset})
+    alerts = []
+    for _ in range(50):
+        vv, nn = sample(rng, c, range(6), 1000)
+        alerts += mon.observe(vv, norms=nn)
+    assert alerts == [] and mon.status()["alarms_by_signal"].get("variant_fp32", 0) == 0
+
+
+def test_variant_directions_survive_a_restart(tmp_path):
+    v, n, offset = _swap_stream()
+    mon = DriftMonitor(KEY, tmp_path, clock=FakeClock(), variants={"fp32": offset})
+    feed(mon, v[:3000], n[:3000])
+    mon.close()
+    # restored without being given the offsets: the reference keeps the signals it was fitted with
+    again = DriftMonitor(KEY, tmp_path, clock=FakeClock())
+    assert again.signal_names == mon.signal_names and "variant_fp32" in again.signal_names
+    np.testing.assert_array_equal(again.reference.basis.variants, mon.reference.basis.variants)
+    rest = feed(again, v[3000:], n[3000:])
+    # (the restored detectors are primed again, so the delay may differ by a few blocks)
+    assert rest and rest[0].signals == ["variant_fp32"] and 6000 < rest[0].event_index < 6100
+
+
+def test_reference_round_trip_and_the_test_direction():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3000, 16)) * np.linspace(2.0, 0.05, 16)
+    x = (x + 3 / np.sqrt(16)).astype(np.float32)
+    d = np.zeros(16)
+    d[-1] = 0.01  # along the lowest-variance axis
+    ref, z = learn_reference(x, n_axes=1, n_whiten=4, n_clusters=2, windows=(), directions={"fp32": d, "fp16": -d})
+    assert ref.names[-2:] == ("variant_fp16", "variant_fp32")  # sorted by name
+    np.testing.assert_allclose(np.nanstd(z[:, -1]), 1.0, atol=0.1)
+    back = Reference.from_arrays(ref.to_arrays())
+    assert back.names == ref.names
+    np.testing.assert_array_equal(back.raw(x[:50]), ref.raw(x[:50]))
+    # a shift of d moves the signal by |d| / sd(lowest axis) = 0.01 / 0.05 sd (shrinkage aside)
+    moved = ref.signals(x[1500:] + d.astype(np.float32))[:, -1] - ref.signals(x[1500:])[:, -1]
+    assert 0.12 < float(np.mean(moved)) <= 0.2
+    with pytest.raises(ValueError, match="finite vector of dimension 16"):
+        learn_reference(x, windows=(), n_whiten=4, directions={"bad": np.ones(15)})
+
+
+def test_the_shipped_means_give_each_variant_the_other():
+    got = read_means(MODEL_DIR / MEANS_FILE)
+    assert got is not None, "run `python -m load.drift_variants --record`"
+    fps, means, meta = got
+    assert sorted(variant_name(f) for f in fps) == ["fp32", "int8"] and meta["texts"] >= 500
+    i8 = next(f for f in fps if variant_name(f) == "int8")
+    f32 = next(f for f in fps if variant_name(f) == "fp32")
+    up, down = variant_offsets(MODEL_DIR, i8), variant_offsets(MODEL_DIR, f32)
+    assert list(up) == ["fp32"] and list(down) == ["int8"]
+    np.testing.assert_allclose(up["fp32"], -down["int8"])
+    # the quantisation moves the mean of unit vectors by a few hundredths
+    assert 0.01 < np.linalg.norm(up["fp32"]) < 0.1
+    assert variant_offsets(MODEL_DIR, "another:model:fingerprint") == {}
+    assert variant_offsets(None, i8) == {}
+
+
+def test_means_file_round_trip_and_checks(tmp_path):
+    write_means(tmp_path / MEANS_FILE, ["m:a:1", "m:b:2"], np.eye(2, 4), {"texts": 2})
+    assert variant_offsets(tmp_path, "m:a:1")["b"].tolist() == [-1.0, 1.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="2 fingerprints"):
+        write_means(tmp_path / MEANS_FILE, ["m:a:1", "m:b:2"], np.eye(3, 4), {})
