@@ -33,6 +33,16 @@ data (``FRESH2_CORPORA``, held out whole; streams from ``FRESH2_RUN_SEED``): Wor
 (labelled by lexicographer file, e.g. ``noun.animal``) and the paragraphs of Python's documentation
 (labelled by its top-level section, e.g. ``library``), both from Debian bookworm packages.
 
+**The third fresh part** (added 2026-12-07, stop 23, committed alone after the known-variant
+signals - ``variant_fp32`` / ``variant_int8`` - were committed and before either corpus was read or
+embedded). Those signals were fixed on the tuning part alone, but the fresh parts have been
+reported for earlier versions and looked at (the SNR study of the second one), so ``fresh3`` holds
+two more corpora no version has seen (``FRESH3_CORPORA``, held out whole; streams from
+``FRESH3_RUN_SEED``): the King James Bible's verses (Debian ``bible-kjv-text``, labelled by book)
+and the paragraphs of Perl's documentation (Debian ``perl-doc``, labelled by POD page family).
+
+>>> part("perl-doc", "any text")
+'fresh3'
 >>> part("election-tweets", "any text")
 'fresh'
 >>> part("wordnet", "any text")
@@ -50,7 +60,8 @@ from __future__ import annotations
 import hashlib
 
 __all__ = ["SPLIT_SEED", "HOLDOUT_SHARE", "HELD_OUT_CORPORA", "FRESH_CORPORA", "HOLDOUT_RUN_SEED",
-           "TUNE_RUN_SEED", "FRESH_RUN_SEED", "FRESH2_CORPORA", "FRESH2_RUN_SEED", "PARTS", "part", "run_seed",
+           "TUNE_RUN_SEED", "FRESH_RUN_SEED", "FRESH2_CORPORA", "FRESH2_RUN_SEED", "FRESH3_CORPORA",
+           "FRESH3_RUN_SEED", "PARTS", "part", "run_seed",
            "split_indices"]
 
 #: drawn once with ``secrets.randbits(32)`` when this file was written; never change it
@@ -72,15 +83,22 @@ FRESH_RUN_SEED = 373_353_375
 FRESH2_CORPORA = frozenset({"wordnet", "python-docs"})
 #: drawn with ``secrets.randbits(32)`` before the second fresh part's corpora were read
 FRESH2_RUN_SEED = 91_312_253
-PARTS = ("tune", "holdout", "fresh", "fresh2")
+#: corpora of the third fresh part (stop 23): KJV verses (Debian bible-kjv-text) and Perl 5.36's
+#: documentation paragraphs (Debian perl-doc, its POD sources)
+FRESH3_CORPORA = frozenset({"bible-kjv", "perl-doc"})
+#: drawn with ``secrets.randbits(32)`` before the third fresh part's corpora were read
+FRESH3_RUN_SEED = 3_434_256_321
+PARTS = ("tune", "holdout", "fresh", "fresh2", "fresh3")
 
 
 def part(corpus: str, text: str) -> str:
-    """``"tune"``, ``"holdout"``, ``"fresh"`` or ``"fresh2"`` for one document of ``corpus``."""
+    """``"tune"``, ``"holdout"``, ``"fresh"``, ``"fresh2"`` or ``"fresh3"`` for one document of ``corpus``."""
     if corpus in FRESH_CORPORA:
         return "fresh"
     if corpus in FRESH2_CORPORA:
         return "fresh2"
+    if corpus in FRESH3_CORPORA:
+        return "fresh3"
     if corpus in HELD_OUT_CORPORA:
         return "holdout"
     h = hashlib.sha256(f"{SPLIT_SEED}\0{corpus}\0{text}".encode()).digest()
@@ -90,7 +108,7 @@ def part(corpus: str, text: str) -> str:
 def run_seed(part: str) -> int:
     """Base seed of the evaluation streams of ``part``."""
     return {"tune": TUNE_RUN_SEED, "holdout": HOLDOUT_RUN_SEED, "fresh": FRESH_RUN_SEED,
-            "fresh2": FRESH2_RUN_SEED}[part]
+            "fresh2": FRESH2_RUN_SEED, "fresh3": FRESH3_RUN_SEED}[part]
 
 
 def split_indices(corpus: str, texts: list[str], which: str) -> list[int]:
