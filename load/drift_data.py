@@ -393,6 +393,111 @@ def python_docs(cache: Path, min_words: int = 20) -> tuple[list[str], list[str]]
     return _dedupe(texts, labels)
 
 
+_VERSE = re.compile(r"^\s+(\d+) (.*)$")
+_CHAPTER = re.compile(r"^(\S.*) (\d+)$")
+
+
+def bible_kjv(cache: Path, min_words: int = 6) -> tuple[list[str], list[str]]:
+    """(verse, book) of the King James Bible (Debian ``bible-kjv-text``, read with its ``bible`` program).
+
+    The text ships in the program's own compressed format, so ``bible -l100000 Gen1:1-Rev22:21``
+    (packages ``bible-kjv`` + ``bible-kjv-text``, unpacked, ``-p`` pointing at the data) prints it:
+    a ``Book chapter`` line when the chapter changes, then one line per verse, ``  N text``. Kept:
+    verses of ``min_words`` words or more; the label is the book (``Genesis``, ``Psalms``, ...).
+    Fetched into ``<cache>/bible-kjv``.
+    """
+    x = _debs(Path(cache) / "bible-kjv", ("bible-kjv", "bible-kjv-text"), "the King James Bible")
+    try:
+        out = subprocess.run([str(x / "usr" / "bin" / "bible"), "-p", str(x / "usr" / "lib"), "-l100000",
+                              "Gen1:1-Rev22:21"], input="", capture_output=True, text=True, check=True,
+                             errors="replace").stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise DataMissing(f"the `bible` program of {x} did not run: {exc}")
+    texts, labels, book = [], [], None
+    for line in out.splitlines():
+        if not line.strip():
+            continue
+        m = _VERSE.match(line)
+        if m and book is not None:
+            text = " ".join(m.group(2).split())
+            if len(text.split()) >= min_words:
+                texts.append(text)
+                labels.append(book)
+            continue
+        c = _CHAPTER.match(line.strip())
+        if c:
+            book = c.group(1)
+    if not texts:
+        raise DataMissing(f"no verses read from the `bible` program of {x}")
+    return _dedupe(texts, labels)
+
+
+_POD_CODE = re.compile(r"[A-Z]<<+\s+(.*?)\s+>+>|[A-Z]<([^<>]*)>")
+_POD_ESCAPES = {"lt": "<", "gt": ">", "verbar": "|", "sol": "/"}
+
+
+def _pod_plain(text: str) -> str:
+    """POD formatting codes made plain text (``B<x>``, ``C<< x >>``, ``L<name|target>``, ``E<gt>``)."""
+    def one(m: re.Match) -> str:
+        inner = m.group(1) if m.group(1) is not None else m.group(2)
+        code = m.group(0)[0]
+        if code == "E":
+            return _POD_ESCAPES.get(inner, "")
+        if code in "XZ":
+            return ""
+        if code == "L":  # L<text|target>, L<https://...>, L<page/"section">
+            if "|" in inner:
+                return inner.split("|", 1)[0]
+            return inner if "://" in inner else inner.split("/", 1)[-1].strip('"')
+        return inner
+
+    for _ in range(4):  # nested codes, innermost first
+        text, n = _POD_CODE.subn(one, text)
+        if not n:
+            break
+    return " ".join(text.split())
+
+
+def perl_docs(cache: Path, min_words: int = 20) -> tuple[list[str], list[str]]:
+    """(paragraph, page family) of Perl 5.36's documentation (Debian ``perl-doc``, its POD sources).
+
+    The ``pod/*.pod`` files are cut into paragraphs at blank lines (perlpod(1)); kept are *ordinary*
+    paragraphs of ``min_words`` words or more: not a command (``=head1``, ``=item``...), not verbatim
+    (indented: code), and not inside ``=begin``/``=end`` or ``=for`` blocks. Formatting codes are made
+    plain (:func:`_pod_plain`). The label is the page name without its digits: ``perlfunc``,
+    ``perlop``, ``perldelta`` (every ``perl5NNNdelta``), ``perlfaq`` (``perlfaq1``..``9``), ...
+    Fetched into ``<cache>/perl-doc``.
+    """
+    x = _debs(Path(cache) / "perl-doc", ("perl-doc",), "Perl's documentation")
+    files = sorted((x / "usr" / "share" / "perl").glob("*/pod/*.pod"))
+    texts, labels = [], []
+    for f in files:
+        label = re.sub(r"\d+", "", f.stem)
+        inside = False
+        for block in re.split(r"\n[ \t]*\n", f.read_text(encoding="utf-8", errors="replace")):
+            if not block.strip():
+                continue
+            first = block.lstrip("\n")
+            if first.startswith("=begin"):
+                inside = True
+                continue
+            if first.startswith("=end"):
+                inside = False
+                continue
+            if inside or first.startswith(("=", " ", "\t")):
+                continue  # a command or a verbatim (code) paragraph
+            text = _pod_plain(" ".join(first.split()))
+            words = text.split()
+            if sum(any(c in w for c in "=(){}[];$@%") for w in words) > 0.3 * max(len(words), 1):
+                continue  # code rather than prose
+            if len(words) >= min_words:
+                texts.append(text)
+                labels.append(label)
+    if not texts:
+        raise DataMissing(f"no paragraphs read under {x}")
+    return _dedupe(texts, labels)
+
+
 def dictd(name: str, directory: Path = DICTD_DIR, min_words: int = 4) -> tuple[list[str], list[str]]:
     """(definitions, headword initial) of a dictd dictionary (``<name>.index`` + ``<name>.dict.dz``).
 
@@ -540,6 +645,9 @@ CORPORA = {
     # the second fresh part (load/drift_split.FRESH2_CORPORA)
     "wordnet": (wordnet, ("int8", "fp32"), 8000, "wordnet"),
     "python-docs": (python_docs, ("int8", "fp32"), 8000, "pydocs"),
+    # the third fresh part (load/drift_split.FRESH3_CORPORA)
+    "bible-kjv": (bible_kjv, ("int8", "fp32"), 8000, "kjv"),
+    "perl-doc": (perl_docs, ("int8", "fp32"), 8000, "perldoc"),
 }
 MAKERS = {
     "int8": ("int8", lambda t: t),
@@ -554,10 +662,11 @@ def real_pools(cache: Path = DEFAULT_CACHE, *, part: str | None = None, max_docs
                variants: tuple[str, ...] | None = None) -> dict[str, Pool]:
     """Pools of the real corpora, restricted to one part of the fixed split (see :mod:`load.drift_split`).
 
-    ``part``: one of ``drift_split.PARTS`` (``"tune"``, ``"holdout"``, ``"fresh"``, ``"fresh2"``) or
+    ``part``: one of ``drift_split.PARTS`` (``"tune"``, ``"holdout"``, ``"fresh"``, ``"fresh2"``, ``"fresh3"``) or
     None (every document; only for embedding/caching).
     Pool names: the last field of :data:`CORPORA` (``reuters``, ``fortunes``, ``20ng``, ``foldoc``,
-    ``devil``, ``debpkg``, ``manpages``, ``tweets``, ``friends``, ``wordnet``, ``pydocs``); a corpus
+    ``devil``, ``debpkg``, ``manpages``, ``tweets``, ``friends``, ``wordnet``, ``pydocs``, ``kjv``,
+    ``perldoc``); a corpus
     that is not installed is skipped with a message, except Reuters (:class:`DataMissing`). The
     embeddings of a corpus are computed (and cached) for all its documents, so the cache does not
     depend on the part. ``max_docs`` caps every corpus (a faster first run).

@@ -45,6 +45,11 @@ COLLECTIONS = {
     # a small one (the how-tos, 1039 paragraphs), 1000-document pools, both pools whole
     "fresh2": [("wordnet", "adj.all"), ("wordnet", "noun.artifact"), ("pydocs", "library"), ("pydocs", "whatsnew"),
                ("pydocs", "howto"), ("wordnet", 1000), ("pydocs", 1000), ("wordnet", None), ("pydocs", None)],
+    # the same way (label counts of the whole corpora, before any stream ran or anything was
+    # embedded): the two largest topics of each (Psalms, Genesis; the perl*delta pages, perlapi), a
+    # small one (perlfunc, 776 of 16 031 paragraphs), 1000-document pools, both pools whole
+    "fresh3": [("kjv", "Psalms"), ("kjv", "Genesis"), ("perldoc", "perldelta"), ("perldoc", "perlapi"),
+               ("perldoc", "perlfunc"), ("kjv", 1000), ("perldoc", 1000), ("kjv", None), ("perldoc", None)],
 }
 
 

@@ -124,3 +124,75 @@ def test_swap_snr_matches_its_formula():
     expected = 0.05**2 / (s**2 * np.sqrt(2 * d))  # 0.025
     assert abs(swap_snr(a, b) - expected) < 0.1 * expected
     assert swap_snr(a, rng.normal(scale=s, size=(n, d))) < 0.1 * expected  # no shift: ~0
+
+
+POD = """=head1 NAME
+
+perlspam - how to cook spam
+
+=head1 DESCRIPTION
+
+This ordinary paragraph is long enough to be kept: it has B<bold> words, C<< code >> in it, a
+link to L<the manual|perlfunc/open>, another to L<https://www.perl.org/> and an E<gt> escape, so
+it reads as plain text once the parser is done with it.
+
+    my $code = "a verbatim paragraph, indented, is code and is dropped whatever its length";
+    print $code for 1 .. 100;
+
+=begin html
+
+<p>This paragraph is inside a begin/end block and is dropped although it is long enough to be kept.</p>
+
+=end html
+
+=item A command paragraph, however long, is not prose: it is dropped with the other commands here.
+
+Short one.
+"""
+
+
+def test_fresh3_loaders_parse_their_formats(tmp_path, monkeypatch):
+    import subprocess
+
+    from load import drift_data
+
+    pod = tmp_path / "perl-doc" / "x" / "usr" / "share" / "perl" / "5.36.0" / "pod"
+    pod.mkdir(parents=True)
+    (pod / "perl5360delta.pod").write_text(POD)
+    texts, labels = drift_data.perl_docs(tmp_path)
+    assert labels == ["perldelta"]
+    assert texts == ["This ordinary paragraph is long enough to be kept: it has bold words, code in it, a link to "
+                     "the manual, another to https://www.perl.org/ and an > escape, so it reads as plain text once "
+                     "the parser is done with it."]
+
+    # the `bible` program's output (it reads the KJV's compressed data file): a chapter line when the
+    # chapter changes, then one verse per line
+    (tmp_path / "bible-kjv" / "x").mkdir(parents=True)
+    out = ("\nGenesis 1\n\n  1 In the beginning God created the heaven and the earth.\n  2 Too short here.\n"
+           "\n1 John 2\n\n  1 My little children, these things write I unto you, that ye sin not.\n")
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, stdout=out, stderr="")
+
+    monkeypatch.setattr(drift_data.subprocess, "run", fake_run)
+    texts, labels = drift_data.bible_kjv(tmp_path)
+    assert labels == ["Genesis", "1 John"]
+    assert texts == ["In the beginning God created the heaven and the earth.",
+                     "My little children, these things write I unto you, that ye sin not."]
+    assert calls[0][-1] == "Gen1:1-Rev22:21" and "-l100000" in calls[0]
+
+
+def test_fresh3_pools_get_the_fresh_parts_scenarios():
+    from load.drift_data import synthetic_pools
+
+    pools = synthetic_pools(n_docs=3000)
+    pools = {"kjv": pools["reuters"], "perldoc": pools["reuters"]}
+    names = set(s.name for s in drift_eval.scenarios(pools, 1000))
+    for p in ("kjv", "perldoc"):
+        assert {f"free:{p}", f"free-topic:{p}:earn", f"free-pool1000:{p}", f"bursty:{p}", f"topic:{p}:mix->earn",
+                f"topic:{p}:earn->acq", f"encoder:{p}:int8->fp32", f"bursty-topic:{p}:mix->earn"} <= names
+    assert {"domain:kjv->perldoc", "domain:perldoc->kjv"} <= names
+    assert drift_eval._seed("fresh3", 0) == drift_split.FRESH3_RUN_SEED
+    assert drift_split.part("bible-kjv", "x") == "fresh3"
