@@ -741,8 +741,13 @@ class DriftMonitor:
             s_hold = ranks.own(z_hold, start)
             p_min = 1.0
             for j in cols:
-                f_sig[j] = ar_lrv_factor([s_fit[:, j], s_hold[:, j]])
-                p_min = min(p_min, ljung_box([s_fit[:, j], s_hold[:, j]])[1])
+                # a `variant_` signal is a Fisher direction through the fit rows' smallest
+                # eigenvalues: on those rows its values are in-sample and shrunk toward their mean
+                # (not comparable), so only the held-out segment speaks for its dependence
+                segs = ([s_hold[:, j]] if ref.names[j].startswith("variant_")
+                        else [s_fit[:, j], s_hold[:, j]])
+                f_sig[j] = ar_lrv_factor(segs)
+                p_min = min(p_min, ljung_box(segs)[1])
             self.serial_p = p_min
             alpha = self.config.serial_alpha
             self.serially_dependent = alpha > 0 and p_min < alpha / len(cols)

@@ -430,8 +430,11 @@ def fit_basis(
         tail = np.zeros((d, 0))
         sketch = np.zeros((d, 0))
     clusters = spherical_kmeans(v, n_clusters, seed=seed)
-    names = tuple(sorted(directions or {}))
-    variants = variant_tests(vt, var, [directions[n] for n in names], shrink=shrink) if names else None
+    # a Fisher direction needs a covariance of full rank: with fewer fit rows than dimensions (a
+    # warm-up under 4/3 d, e.g. a test's 200 events) the offset's share outside their span would be
+    # divided by the shrinkage alone, and the signal would be in-sample noise - no variant signals
+    names = tuple(sorted(directions or {})) if n > d else ()
+    variants = variant_tests(vt, var, [directions[k] for k in names], shrink=shrink) if names else None
     return SignalBasis(
         mean=mean.astype(np.float32),
         centroid=centroid.astype(np.float32),

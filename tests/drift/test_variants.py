@@ -118,3 +118,17 @@ def test_means_file_round_trip_and_checks(tmp_path):
     assert variant_offsets(tmp_path, "m:a:1")["b"].tolist() == [-1.0, 1.0, 0.0, 0.0]
     with pytest.raises(ValueError, match="2 fingerprints"):
         write_means(tmp_path / MEANS_FILE, ["m:a:1", "m:b:2"], np.eye(3, 4), {})
+
+
+def test_no_variant_signal_without_a_full_rank_fit():
+    # fewer fit rows than dimensions (a 200-event warm-up has 150): the Fisher direction would be
+    # mostly the shrinkage's, and its values on the fit rows degenerate (in-sample, nearly constant),
+    # which made the warm-up's test of serial independence reject an i.i.d. stream
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(40, 32)).astype(np.float32) + 1
+    d = np.full(32, 0.01)
+    small, _ = learn_reference(x, n_axes=1, n_whiten=4, n_clusters=2, windows=(), directions={"fp32": d})
+    assert not any(n.startswith("variant_") for n in small.names)  # 20 fit rows, 32 dimensions
+    big, _ = learn_reference(np.vstack([x] * 4) + rng.normal(size=(160, 32)).astype(np.float32), n_axes=1,
+                             n_whiten=4, n_clusters=2, windows=(), directions={"fp32": d})
+    assert "variant_fp32" in big.names  # 80 fit rows
