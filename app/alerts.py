@@ -70,8 +70,9 @@ def format_alert(a: DriftAlert) -> str:
     lines = [head, f"    {a.message}" if a.message else None,
              f"    detector {a.detector} on {', '.join(a.signals)}; episode {a.episode_id} #{a.sequence}; "
              f"event {a.event_index:,} of {a.events_observed:,}"]
+    width = max([10, *(len(s.signal) for s in a.stats)])
     for s in a.stats:
-        lines.append(f"    {s.signal:10s} reference {s.reference_mean:+.3f}±{s.reference_std:.3f}  "
+        lines.append(f"    {s.signal:{width}s} reference {s.reference_mean:+.3f}±{s.reference_std:.3f}  "
                      f"current {s.current_mean:+.3f}±{s.current_std:.3f} (n={s.current_n}, shift {s.shift:+.2f})")
     if a.offsets:
         lines.append("    offsets " + ", ".join(f"p{r.partition}:{r.first_offset}-{r.last_offset}" for r in a.offsets))
