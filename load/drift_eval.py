@@ -481,7 +481,8 @@ def cost_benchmark(pools, config: DriftConfig, *, batches=(1, 16, 64, 256), even
     times = event_times(rng, len(idx))
     out = []
     with tempfile.TemporaryDirectory(prefix="drift-cost-") as tmp:
-        mon = DriftMonitor(("cost", "c"), tmp, config=replace(config, save_every=10**12), clock=time.time)
+        mon = DriftMonitor(("cost", "c"), tmp, config=replace(config, save_every=10**12), clock=time.time,
+                           variants=known_variants().get("int8"))  # the worker's signals, variant_fp32 included
         w = config.warmup + 2000
         for s in range(0, w, 256):
             mon.observe(v[idx[s : min(s + 256, w)]], norms=nrm[idx[s : min(s + 256, w)]],

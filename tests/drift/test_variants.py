@@ -132,3 +132,12 @@ def test_no_variant_signal_without_a_full_rank_fit():
     big, _ = learn_reference(np.vstack([x] * 4) + rng.normal(size=(160, 32)).astype(np.float32), n_axes=1,
                              n_whiten=4, n_clusters=2, windows=(), directions={"fp32": d})
     assert "variant_fp32" in big.names  # 80 fit rows
+
+
+def test_variant_alerts_do_not_depend_on_the_batching(tmp_path):
+    v, n, offset = _swap_stream()
+    runs = []
+    for i, batch in enumerate((1, 37, 1000)):
+        mon = DriftMonitor(KEY, tmp_path / str(i), clock=FakeClock(), variants={"fp32": offset})
+        runs.append([(a.kind, a.event_index, a.signals, a.alert_id, a.message) for a in feed(mon, v, n, batch=batch)])
+    assert runs[0] == runs[1] == runs[2] and runs[0][0][1] == VARIANT_FIRST[1]
