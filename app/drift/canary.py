@@ -37,7 +37,6 @@ The package imports neither Kafka nor Faust; the encoder is any object with ``en
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import platform
 import time
@@ -48,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from .alert import AlertKind, CanaryCheck, DriftAlert, Severity
-from .reference import savez_atomic
+from .reference import load_with_meta, savez_with_meta
 
 log = logging.getLogger(__name__)
 
@@ -106,19 +105,13 @@ def reference_path(model_dir: Path | str, fingerprint: str, provider: str) -> Pa
 
 def write_reference(path: Path, vectors: np.ndarray, meta: dict) -> None:
     """Write reference vectors + a JSON document (atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    savez_atomic(path, {"vectors": np.asarray(vectors, dtype=np.float32),
-                        "meta_json": np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)},
-                 mode=0o644)  # shipped with the model artefacts: readable like them
+    # shipped with the model artefacts: readable like them
+    savez_with_meta(path, {"vectors": np.asarray(vectors, dtype=np.float32)}, meta, mode=0o644)
 
 
 def read_reference(path: Path) -> tuple[np.ndarray, dict] | None:
-    path = Path(path)
-    if not path.exists():
-        return None
-    with np.load(path, allow_pickle=False) as d:
-        return d["vectors"].astype(np.float32), json.loads(d["meta_json"].tobytes().decode())
+    got = load_with_meta(path)
+    return None if got is None else (got[0]["vectors"].astype(np.float32), got[1])
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from .scan import ScanNull
 from .signals import SHIFT_POWER, SHIFT_WINDOWS, ShiftScan, SignalBasis, fit_basis
 
 __all__ = ["MonitorKey", "Reference", "StateVersionError", "learn_reference", "state_path", "write_state",
-           "read_state", "read_meta"]
+           "read_state", "read_meta", "savez_with_meta", "load_with_meta"]
 
 # 2: the `shift` scan (windows + null moments in the basis); a version-1 file cannot be resumed
 # 3: per-collection nulls (rank-score references, the scan's running mean); issue 16
@@ -183,11 +183,25 @@ def state_path(state_dir: Path, key: MonitorKey) -> Path:
 
 def write_state(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
     """Write arrays + a JSON document to ``path`` atomically."""
+    savez_with_meta(path, arrays, {"version": STATE_VERSION, **meta})
+
+
+def savez_with_meta(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any], mode: int | None = None) -> None:
+    """``arrays`` + the JSON document ``meta`` (array ``meta_json``) in one ``.npz``, atomically
+    (:func:`savez_atomic`; its directory is created). Read back with :func:`load_with_meta`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = dict(arrays)
-    payload["meta_json"] = np.frombuffer(json.dumps({"version": STATE_VERSION, **meta}).encode(), dtype=np.uint8)
-    savez_atomic(path, payload)
+    meta_json = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
+    savez_atomic(path, {**arrays, "meta_json": meta_json}, mode=mode)
+
+
+def load_with_meta(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+    """``(arrays, meta)`` of a file written by :func:`savez_with_meta`; None if there is no file."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files if k != "meta_json"}, _meta(data)
 
 
 def savez_atomic(path: Path, payload: dict[str, np.ndarray], mode: int | None = None) -> None:
@@ -219,12 +233,10 @@ def read_meta(path: Path) -> tuple[dict[str, Any], list[str]]:
 
 def read_state(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
     """Arrays and JSON document written by :func:`write_state`, or None if there is no file."""
-    path = Path(path)
-    if not path.exists():
+    got = load_with_meta(path)
+    if got is None:
         return None
-    with np.load(path, allow_pickle=False) as data:
-        meta = _meta(data)
-        arrays = {k: data[k] for k in data.files if k != "meta_json"}
+    arrays, meta = got
     if meta.get("version") != STATE_VERSION:
         raise StateVersionError(f"{path}: unsupported drift state version {meta.get('version')}")
     return arrays, meta

@@ -26,7 +26,6 @@ The package imports neither Kafka nor Faust.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from pathlib import Path
 
@@ -34,7 +33,7 @@ import numpy as np
 
 from . import canary
 from .canary import INT8_FLAGS, int8_isa
-from .reference import savez_atomic
+from .reference import load_with_meta, savez_with_meta
 
 __all__ = ["MEANS_FILE", "TEXTS_FILE", "INT8_FLAGS", "int8_isa", "load_texts", "read_means", "write_means",
            "variant_offsets", "variant_name"]
@@ -67,24 +66,21 @@ def variant_name(fingerprint: str) -> str:
 
 
 def write_means(path: Path, fingerprints: list[str], means: np.ndarray, meta: dict) -> None:
-    """Write the recorded means (k, d) of ``fingerprints`` and a JSON document."""
+    """Write the recorded means (k, d) of ``fingerprints`` and a JSON document (atomic; readable
+    by all, like the model artefacts it is shipped with)."""
     means = np.asarray(means, dtype=np.float64)
     if means.ndim != 2 or len(means) != len(fingerprints):
         raise ValueError(f"{len(fingerprints)} fingerprints for means of shape {means.shape}")
-    savez_atomic(Path(path), {"fingerprints": np.array(fingerprints), "means": means,
-                              "meta_json": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)})
+    savez_with_meta(path, {"fingerprints": np.array(fingerprints), "means": means}, meta, mode=0o644)
 
 
 def read_means(path: Path) -> tuple[list[str], np.ndarray, dict] | None:
     """``(fingerprints, means, meta)`` from ``path``; None when there is no file."""
-    path = Path(path)
-    if not path.exists():
+    got = load_with_meta(path)
+    if got is None:
         return None
-    with np.load(path, allow_pickle=False) as data:
-        fps = [str(x) for x in data["fingerprints"].tolist()]
-        means = np.asarray(data["means"], dtype=np.float64)
-        meta = json.loads(np.asarray(data["meta_json"]).tobytes().decode())
-    return fps, means, meta
+    arrays, meta = got
+    return [str(x) for x in arrays["fingerprints"].tolist()], np.asarray(arrays["means"], dtype=np.float64), meta
 
 
 def variant_offsets(model_dir: Path | str | None, fingerprint: str) -> dict[str, np.ndarray]:

@@ -115,6 +115,7 @@ def test_the_shipped_means_give_each_variant_the_other():
 
 def test_means_file_round_trip_and_checks(tmp_path):
     write_means(tmp_path / MEANS_FILE, ["m:a:1", "m:b:2"], np.eye(2, 4), {"texts": 2})
+    assert (tmp_path / MEANS_FILE).stat().st_mode & 0o777 == 0o644  # shipped beside the model: readable by all
     assert variant_offsets(tmp_path, "m:a:1")["b"].tolist() == [-1.0, 1.0, 0.0, 0.0]
     with pytest.raises(ValueError, match="2 fingerprints"):
         write_means(tmp_path / MEANS_FILE, ["m:a:1", "m:b:2"], np.eye(3, 4), {})
