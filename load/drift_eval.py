@@ -288,13 +288,11 @@ def run_stream(vectors, norms, ids, *, config: DriftConfig, batch: int, state_di
 
 def known_variants(model_dir: Path | None = None) -> dict[str, dict]:
     """``{encoder variant: offsets}`` for every variant recorded in the model's
-    ``variant-means.npz`` (:func:`app.drift.variants.variant_offsets`); empty without the file."""
-    from app.drift.variants import MEANS_FILE, read_means, variant_name, variant_offsets
+    ``variant-means.npz`` (:func:`app.drift.variants.all_variant_offsets`); empty without the file."""
+    from app.drift.variants import all_variant_offsets, variant_name
     from app.encoder import MODEL_DIR
 
-    model_dir = Path(model_dir or MODEL_DIR)
-    got = read_means(model_dir / MEANS_FILE)
-    return {} if got is None else {variant_name(fp): variant_offsets(model_dir, fp) for fp in got[0]}
+    return {variant_name(fp): off for fp, off in all_variant_offsets(model_dir or MODEL_DIR).items()}
 
 
 def _offsets_for(variants: dict[str, dict] | None, variant: str) -> dict | None:

@@ -40,7 +40,8 @@ import numpy as np
 
 from app.drift import canary
 from app.drift.signals import fit_basis
-from app.drift.variants import MEANS_FILE, TEXTS_FILE, int8_isa, load_texts, read_means, variant_name, write_means
+from app.drift.canary import int8_isa
+from app.drift.variants import MEANS_FILE, TEXTS_FILE, load_texts, variant_name, write_means
 from load.procs import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]

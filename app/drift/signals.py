@@ -456,8 +456,8 @@ def variant_tests(vt: np.ndarray, var: np.ndarray, offsets: list[np.ndarray], *,
     from the principal axes ``vt`` and variances ``var`` of the fit rows, each scaled to unit
     variance on them (``w' C w = 1``). ``C^-1 d`` is the most powerful linear test of a mean shift
     ``d`` (Fisher's discriminant); the shrinkage is the ``shift`` scan's (the smallest eigenvalues
-    of a 384-dimensional covariance from ~1500 rows are underestimated). Axes missing from ``vt``
-    (fewer rows than dimensions) get the shrinkage alone.
+    of a 384-dimensional covariance from ~1500 rows are underestimated). ``vt`` holds all ``d``
+    axes (:func:`fit_basis` adds these signals only with more fit rows than dimensions).
 
     >>> rng = np.random.default_rng(4)
     >>> x = rng.normal(size=(2000, 3)) * [3.0, 1.0, 0.1]
@@ -473,9 +473,7 @@ def variant_tests(vt: np.ndarray, var: np.ndarray, offsets: list[np.ndarray], *,
         off = np.asarray(off, dtype=np.float64).reshape(-1)
         if off.shape != (d,) or not np.isfinite(off).all():
             raise ValueError(f"a variant offset must be a finite vector of dimension {d}, got shape {off.shape}")
-        c = vt @ off
-        # the part of d outside the fitted axes is divided by the shrinkage alone
-        w = vt.T @ (c / (var[: len(c)] + lam0)) + (off - vt.T @ c) / max(lam0, 1e-12)
-        sd = np.sqrt(float(np.sum((vt @ w) ** 2 * var[: len(c)])))
+        w = vt.T @ ((vt @ off) / (var + lam0))
+        sd = np.sqrt(float(np.sum((vt @ w) ** 2 * var)))
         out[:, j] = w / sd if sd > 0 else w
     return out.astype(np.float32)

@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 
 from . import canary
-from .canary import INT8_FLAGS, int8_isa
+from .canary import int8_isa
 from .reference import load_with_meta, savez_with_meta
 
-__all__ = ["MEANS_FILE", "TEXTS_FILE", "INT8_FLAGS", "int8_isa", "load_texts", "read_means", "write_means",
+__all__ = ["MEANS_FILE", "TEXTS_FILE", "load_texts", "read_means", "write_means", "all_variant_offsets",
            "variant_offsets", "variant_name"]
 
 log = logging.getLogger(__name__)
@@ -83,9 +83,9 @@ def read_means(path: Path) -> tuple[list[str], np.ndarray, dict] | None:
     return [str(x) for x in arrays["fingerprints"].tolist()], np.asarray(arrays["means"], dtype=np.float64), meta
 
 
-def variant_offsets(model_dir: Path | str | None, fingerprint: str) -> dict[str, np.ndarray]:
-    """``{variant name: mean(other) - mean(this)}`` for every other variant recorded beside the
-    model; empty when the file or this fingerprint is missing (logged)."""
+def all_variant_offsets(model_dir: Path | str | None) -> dict[str, dict[str, np.ndarray]]:
+    """``{fingerprint: {variant name: mean(other) - mean(this)}}`` for every fingerprint recorded
+    beside the model (one read of the file); empty when there is none (logged)."""
     if model_dir is None:
         return {}
     got = read_means(Path(model_dir) / MEANS_FILE)
@@ -100,9 +100,15 @@ def variant_offsets(model_dir: Path | str | None, fingerprint: str) -> dict[str,
         log.warning("%s was recorded on a CPU with other int8 instructions (%s, here %s): the variant_ "
                     "signals test a direction that may not be this host's; record it here with "
                     "`python -m load.drift_variants --record`", MEANS_FILE, isa, int8_isa())
-    if fingerprint not in fps:
+    return {fp: {variant_name(other): means[j] - means[i] for j, other in enumerate(fps) if j != i}
+            for i, fp in enumerate(fps)}
+
+
+def variant_offsets(model_dir: Path | str | None, fingerprint: str) -> dict[str, np.ndarray]:
+    """``{variant name: mean(other) - mean(this)}`` for every other variant recorded beside the
+    model; empty when the file or this fingerprint is missing (logged)."""
+    every = all_variant_offsets(model_dir)
+    if every and fingerprint not in every:
         log.info("fingerprint %s is not recorded in %s: drift monitors get no variant_ signals",
                  fingerprint, Path(model_dir) / MEANS_FILE)
-        return {}
-    own = means[fps.index(fingerprint)]
-    return {variant_name(fp): means[i] - own for i, fp in enumerate(fps) if fp != fingerprint}
+    return every.get(fingerprint, {})
