@@ -1,6 +1,8 @@
 """Smoke test of the evaluation harness on synthetic vectors (no corpus, no model)."""
 import json
 
+import pytest
+
 from load import drift_eval, drift_split
 
 
@@ -34,18 +36,22 @@ def test_scenarios_of_the_held_out_part_use_every_pool():
     assert drift_eval._seed("holdout", 0) == drift_split.HOLDOUT_RUN_SEED != drift_eval._seed("tune", 0)
 
 
-def test_scenarios_of_the_second_fresh_part():
+@pytest.mark.parametrize("part, seed, corpora, pools", [
+    ("fresh2", drift_split.FRESH2_RUN_SEED, ("wordnet", "python-docs"), ("wordnet", "pydocs")),
+    ("fresh3", drift_split.FRESH3_RUN_SEED, ("bible-kjv", "perl-doc"), ("kjv", "perldoc"))])
+def test_scenarios_of_the_later_fresh_parts(part, seed, corpora, pools):
+    """The second and third fresh parts' pools get the fresh part's rules, topics included."""
     from load.drift_data import synthetic_pools
 
-    pools = synthetic_pools(n_docs=3000)
-    pools = {"wordnet": pools["reuters"], "pydocs": pools["reuters"]}
-    names = set(s.name for s in drift_eval.scenarios(pools, 1000))
-    for p in ("wordnet", "pydocs"):
+    synth = synthetic_pools(n_docs=3000)
+    a, b = pools
+    names = set(s.name for s in drift_eval.scenarios({a: synth["reuters"], b: synth["reuters"]}, 1000))
+    for p in pools:
         assert {f"free:{p}", f"free-topic:{p}:earn", f"free-pool1000:{p}", f"bursty:{p}", f"topic:{p}:mix->earn",
                 f"topic:{p}:earn->acq", f"encoder:{p}:int8->fp32", f"bursty-topic:{p}:mix->earn"} <= names
-    assert {"domain:wordnet->pydocs", "domain:pydocs->wordnet"} <= names
-    assert drift_eval._seed("fresh2", 0) == drift_split.FRESH2_RUN_SEED
-    assert drift_split.part("python-docs", "x") == "fresh2"
+    assert {f"domain:{a}->{b}", f"domain:{b}->{a}"} <= names
+    assert drift_eval._seed(part, 0) == seed
+    assert {drift_split.part(c, "x") for c in corpora} == {part}
 
 
 WNDB = """  1 This software and database is being provided to you, the LICENSEE, by
@@ -182,17 +188,3 @@ def test_fresh3_loaders_parse_their_formats(tmp_path, monkeypatch):
     assert texts == ["In the beginning God created the heaven and the earth.",
                      "My little children, these things write I unto you, that ye sin not."]
     assert calls[0][-1] == "Gen1:1-Rev22:21" and "-l100000" in calls[0]
-
-
-def test_fresh3_pools_get_the_fresh_parts_scenarios():
-    from load.drift_data import synthetic_pools
-
-    pools = synthetic_pools(n_docs=3000)
-    pools = {"kjv": pools["reuters"], "perldoc": pools["reuters"]}
-    names = set(s.name for s in drift_eval.scenarios(pools, 1000))
-    for p in ("kjv", "perldoc"):
-        assert {f"free:{p}", f"free-topic:{p}:earn", f"free-pool1000:{p}", f"bursty:{p}", f"topic:{p}:mix->earn",
-                f"topic:{p}:earn->acq", f"encoder:{p}:int8->fp32", f"bursty-topic:{p}:mix->earn"} <= names
-    assert {"domain:kjv->perldoc", "domain:perldoc->kjv"} <= names
-    assert drift_eval._seed("fresh3", 0) == drift_split.FRESH3_RUN_SEED
-    assert drift_split.part("bible-kjv", "x") == "fresh3"
