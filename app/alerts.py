@@ -28,7 +28,7 @@ import numpy as np
 from app.drift import DriftAlert, DriftConfig, DriftMonitor
 from app.drift.alert import alert_schema, alert_schema_v1, writer_schema
 from app.drift.canary import EncoderCanary, encoder_changed_alert
-from app.drift.variants import variant_offsets
+from app.drift.variants import host_variant_offsets
 from app.events import SINGLE_OBJECT_MAGIC, DecodeError, schema_fingerprint
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,18 @@ def event_vectors(vectors: np.ndarray, norms: np.ndarray, records: list) -> tupl
     return mean.astype(np.float32), np.add.reduceat(np.asarray(norms, dtype=np.float64), at) / size, first
 
 
+def _variant_loader(encoder):
+    """Loads another variant of ``encoder``'s model on the same device (to record this host's
+    variant means, :func:`app.drift.variants.host_variant_offsets`)."""
+    def load(variant: str):
+        from app.encoder import Encoder
+
+        device = "cuda" if getattr(encoder, "provider", "") == "CUDAExecutionProvider" else "cpu"
+        return Encoder.load(variant=variant, model_dir=encoder.model_dir, device=device)
+
+    return load
+
+
 class DriftStage:
     """The worker's drift step for one fingerprint/collection (state under ``state_dir``).
 
@@ -129,12 +141,15 @@ class DriftStage:
     change is reported once per process.
 
     The encoder's model directory also gives the monitor the offsets of the encoder's other known
-    variants (:mod:`app.drift.variants`: ``variant_fp32`` for an int8 encoder), if it records them.
+    variants (:mod:`app.drift.variants`: ``variant_fp32`` for an int8 encoder), measured for this
+    host: the shipped means where they were recorded for this CPU class and provider, else means the
+    host records once (a few tens of seconds at the first start) and caches.
     """
 
     def __init__(self, fingerprint: str, collection: str, state_dir: Path, config: DriftConfig | None = None, *,
                  encoder=None, canary_every: int = 64):
-        offsets = variant_offsets(getattr(encoder, "model_dir", None), fingerprint)
+        offsets = ({} if encoder is None else
+                   host_variant_offsets(encoder, _variant_loader(encoder), fingerprint=fingerprint))
         self.monitor = DriftMonitor((fingerprint, collection), state_dir, config=config, variants=offsets)
         self.fingerprint, self.collection = fingerprint, collection
         log.info("drift monitor %s/%s: %s", fingerprint, collection,

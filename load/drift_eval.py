@@ -287,12 +287,18 @@ def run_stream(vectors, norms, ids, *, config: DriftConfig, batch: int, state_di
 
 
 def known_variants(model_dir: Path | None = None) -> dict[str, dict]:
-    """``{encoder variant: offsets}`` for every variant recorded in the model's
-    ``variant-means.npz`` (:func:`app.drift.variants.all_variant_offsets`); empty without the file."""
-    from app.drift.variants import all_variant_offsets, variant_name
-    from app.encoder import MODEL_DIR
+    """``{encoder variant: offsets}`` for every variant of the model, from its means for this host
+    (:func:`app.drift.variants.host_means`: the shipped ``variant-means.npz`` where it was recorded
+    for this CPU class, else the host's own, recorded once); empty without them."""
+    from app.drift.variants import host_means, offsets_from_means, variant_name
+    from app.encoder import MODEL_DIR, Encoder
 
-    return {variant_name(fp): off for fp, off in all_variant_offsets(model_dir or MODEL_DIR).items()}
+    model_dir = model_dir or MODEL_DIR
+    got = host_means(Encoder.load(variant="int8", device="cpu", model_dir=model_dir),
+                     lambda v: Encoder.load(variant=v, device="cpu", model_dir=model_dir))
+    if got is None:
+        return {}
+    return {variant_name(fp): off for fp, off in offsets_from_means(got[0], got[1]).items()}
 
 
 def _offsets_for(variants: dict[str, dict] | None, variant: str) -> dict | None:

@@ -30,18 +30,15 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
 import json
-import platform
 import re
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 from app.drift import canary
 from app.drift.signals import fit_basis
-from app.drift.canary import int8_isa
-from app.drift.variants import MEANS_FILE, TEXTS_FILE, load_texts, variant_name, write_means
+from app.drift.variants import MEANS_FILE, TEXTS_FILE, load_texts, means_meta, record_means, variant_name, write_means
 from load.procs import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,25 +76,12 @@ def write_texts(path: Path, texts: list[str]) -> None:
 
 
 def record(variants=VARIANTS, log=print) -> Path:
-    import onnxruntime
-    import tokenizers
-
-    fps, means, model_dir, texts = [], [], None, None
-    for variant in variants:
-        enc = _encoder(variant)
-        model_dir = enc.model_dir
-        texts = load_texts(model_dir)
-        t0 = time.perf_counter()
-        v = np.vstack([enc.encode(texts[i : i + 64]) for i in range(0, len(texts), 64)]).astype(np.float64)
-        fps.append(enc.fingerprint)
-        means.append(v.mean(axis=0))
-        log(f"{variant}: {len(texts)} texts in {time.perf_counter() - t0:.1f}s ({enc.fingerprint}, {enc.provider})")
-    means = np.vstack(means)
-    meta = {"texts": len(texts), "texts_sha256": canary.texts_digest(texts), "provider": "CPUExecutionProvider",
-            "int8_isa": int8_isa(), "cpu": cpu_model(),
-            "recorded_at": int(time.time()), "source": "python -m load.drift_variants --record",
-            "versions": {"onnxruntime": onnxruntime.__version__, "tokenizers": tokenizers.__version__,
-                         "numpy": np.__version__, "python": platform.python_version()}}
+    encoders = [_encoder(v) for v in variants]
+    model_dir = encoders[0].model_dir
+    texts = load_texts(model_dir)
+    fps, means = record_means(encoders, texts, progress=log)
+    meta = {**means_meta(texts, "CPUExecutionProvider"), "cpu": cpu_model(),
+            "source": "python -m load.drift_variants --record"}
     path = Path(model_dir) / MEANS_FILE
     write_means(path, fps, means, meta)
     for i in range(1, len(fps)):

@@ -142,3 +142,93 @@ def test_variant_alerts_do_not_depend_on_the_batching(tmp_path):
         mon = DriftMonitor(KEY, tmp_path / str(i), clock=FakeClock(), variants={"fp32": offset})
         runs.append([(a.kind, a.event_index, a.signals, a.alert_id, a.message) for a in feed(mon, v, n, batch=batch)])
     assert runs[0] == runs[1] == runs[2] and runs[0][0][1] == VARIANT_FIRST[1]
+
+
+# ---------------------------------------------------------------- the host's own means
+HOST_TEXTS = ["A short text.", "The quick brown fox jumps over the lazy dog.",
+              "Kafka offsets are committed only after the store acknowledged every write.",
+              "Drift alerts go to their own topic.", "ein deutscher Satz", "x"]
+
+
+def _model_copy(tmp_path, texts=HOST_TEXTS):
+    """The real model's artefacts (linked) with a small variant text set and no means file."""
+    d = tmp_path / "model"
+    d.mkdir()
+    for f in MODEL_DIR.iterdir():
+        if f.name not in (MEANS_FILE, "variant-texts.txt"):
+            (d / f.name).symlink_to(f)
+    (d / "variant-texts.txt").write_text("# test set\n" + "\n".join(texts) + "\n", encoding="utf-8")
+    return d
+
+
+def _loader(model_dir, calls):
+    from app.encoder import Encoder
+
+    def load(variant):
+        calls.append(variant)
+        return Encoder.load(variant=variant, device="cpu", model_dir=model_dir)
+
+    return load
+
+
+def _refusing(variant):
+    raise AssertionError(f"the {variant} encoder was loaded: the means were recorded again")
+
+
+def test_means_recorded_on_another_cpu_class_are_recorded_again_on_this_host(tmp_path, caplog):
+    from app.drift.variants import host_variant_offsets, means_meta
+    from app.encoder import Encoder
+
+    model = _model_copy(tmp_path)
+    enc = Encoder.load(variant="int8", device="cpu", model_dir=model)
+    f32 = Encoder.load(variant="fp32", device="cpu", model_dir=model)
+    want = f32.encode(HOST_TEXTS).astype(np.float64).mean(axis=0) - enc.encode(HOST_TEXTS).astype(np.float64).mean(axis=0)
+    # a shipped file recorded on a CPU with other int8 instructions, with a direction that is not this host's
+    other = {**means_meta(HOST_TEXTS, enc.provider), "int8_isa": "avx2"} if "vnni" in means_meta(
+        HOST_TEXTS, enc.provider)["int8_isa"] else {**means_meta(HOST_TEXTS, enc.provider), "int8_isa": "avx2 avx512_vnni"}
+    write_means(model / MEANS_FILE, [enc.fingerprint, f32.fingerprint], np.vstack([np.zeros(384), np.full(384, 0.05)]),
+                other)
+    calls = []
+    with caplog.at_level("WARNING", logger="app.drift.variants"):
+        got = host_variant_offsets(enc, _loader(model, calls), cache_dir=tmp_path / "cache")
+    assert calls == ["fp32"] and "recording them here, once" in caplog.text and "int8_isa" in caplog.text
+    assert list(got) == ["fp32"]
+    np.testing.assert_allclose(got["fp32"], want, atol=1e-7)
+    # cached for the host: every later worker (any state directory) reads it, and records nothing
+    (cached,) = (tmp_path / "cache").iterdir()
+    assert cached.stat().st_mode & 0o777 == 0o644
+    again = host_variant_offsets(enc, _refusing, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(again["fp32"], got["fp32"])
+    # the fp32 monitor's offset is the other way round, from the same recording
+    down = host_variant_offsets(f32, _refusing, cache_dir=tmp_path / "cache")
+    np.testing.assert_allclose(down["int8"], -want, atol=1e-7)
+    # a means file recorded for this host is used as shipped, without embedding anything
+    write_means(model / MEANS_FILE, [enc.fingerprint, f32.fingerprint], np.vstack([np.zeros(384), np.full(384, 0.05)]),
+                means_meta(HOST_TEXTS, enc.provider))
+    assert host_variant_offsets(enc, _refusing, cache_dir=tmp_path / "empty")["fp32"].tolist() == [0.05] * 384
+    # ... unless the text set changed since (the means are of other texts)
+    (model / "variant-texts.txt").write_text("\n".join(HOST_TEXTS[:3]) + "\n", encoding="utf-8")
+    assert host_variant_offsets(enc, _refusing, cache_dir=tmp_path / "empty", record=False) == {}
+
+
+def test_a_variant_that_cannot_be_recorded_costs_the_signal_not_the_worker(tmp_path, caplog, monkeypatch):
+    from app.alerts import DriftStage
+    from app.drift.variants import host_variant_offsets
+    from app.encoder import Encoder
+
+    model = _model_copy(tmp_path)
+    enc = Encoder.load(variant="int8", device="cpu", model_dir=model)
+
+    def broken(variant):
+        raise OSError(f"model-{variant}.onnx: no such file")
+
+    with caplog.at_level("WARNING", logger="app.drift.variants"):
+        assert host_variant_offsets(enc, broken, cache_dir=tmp_path / "cache") == {}
+    assert "could not record the variant means on this host (OSError" in caplog.text
+    assert not (tmp_path / "cache").exists()
+    # the worker's drift stage records the host's means itself (no means file beside this model)
+    # into the host's cache, and its monitor gets the signal
+    monkeypatch.setenv("EMBEDSTREAM_CACHE_DIR", str(tmp_path / "host"))
+    stage = DriftStage(enc.fingerprint, "docs", tmp_path / "state", encoder=enc, canary_every=0)
+    assert list(stage.monitor.variants) == ["fp32"]
+    assert len(list((tmp_path / "host" / "variant-means").iterdir())) == 1
