@@ -188,12 +188,10 @@ def record_means(encoders: list, texts: list[str], *, batch: int = 64,
 
 
 def host_cache_dir() -> Path:
-    """Where a host keeps the means it recorded itself: ``$EMBEDSTREAM_CACHE_DIR/variant-means``,
-    else ``$XDG_CACHE_HOME/embedstream/variant-means`` (``~/.cache`` when unset)."""
-    root = os.environ.get("EMBEDSTREAM_CACHE_DIR")
-    if root:
-        return Path(root) / "variant-means"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "embedstream" / "variant-means"
+    """Where a host keeps the means it recorded itself: ``variant-means`` in the project's cache
+    directory (``$EMBEDSTREAM_CACHE_DIR``, by default ``~/.cache/embedstream``, where the test
+    servers are kept too)."""
+    return Path(os.environ.get("EMBEDSTREAM_CACHE_DIR") or Path.home() / ".cache" / "embedstream") / "variant-means"
 
 
 def _cache_name(model_dir: Path, want: dict) -> str:
