@@ -132,6 +132,25 @@ def test_swap_snr_matches_its_formula():
     assert swap_snr(a, rng.normal(scale=s, size=(n, d))) < 0.1 * expected  # no shift: ~0
 
 
+
+def test_topic_views_see_a_topic_apart_and_not_a_random_part_of_the_mix():
+    """load.drift_topics: a topic that sits apart in the head axes (its own cluster) is seen by the
+    Fisher view, the cluster histogram and the head scan; a random part of the mix by none."""
+    import numpy as np
+
+    from load.drift_topics import fisher_shift, head_growth, histogram_growth
+
+    rng = np.random.default_rng(8)
+    centres = rng.normal(size=(6, 24)) * 3
+    lab = rng.integers(6, size=8000)
+    v = centres[lab] + rng.normal(size=(8000, 24))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    fit, held, rest = v[:1500], v[1500:2500], np.arange(2500, 8000)
+    topic, other = v[rest[lab[rest] == 0]], v[rng.choice(rest, 900, replace=False)]
+    assert fisher_shift(v[rest], topic) > 1.5 and abs(fisher_shift(v[rest], other)) < 0.2
+    assert histogram_growth(fit, held, topic, 8) > 0.5 and histogram_growth(fit, held, other, 8) < 0.05
+    assert head_growth(fit, held, topic, 8) > 0.3 and head_growth(fit, held, other, 8) < 0.02
+
 POD = """=head1 NAME
 
 perlspam - how to cook spam
