@@ -41,6 +41,15 @@ two more corpora no version has seen (``FRESH3_CORPORA``, held out whole; stream
 ``FRESH3_RUN_SEED``): the King James Bible's verses (Debian ``bible-kjv-text``, labelled by book)
 and the paragraphs of Perl's documentation (Debian ``perl-doc``, labelled by POD page family).
 
+**The fourth fresh part** (added 2026-12-07, stop 24, committed alone before either corpus was read
+or embedded; only the package names were looked up). The third fresh part has been reported and
+looked at, so ``fresh4`` holds two more corpora no version has seen (``FRESH4_CORPORA``, held out
+whole; streams from ``FRESH4_RUN_SEED``): the paragraphs of PostgreSQL 15's documentation (Debian
+``postgresql-doc-15``, its HTML pages, labelled by page family) and of the Debian Administrator's
+Handbook (Debian ``debian-handbook``, labelled by chapter).
+
+>>> part("postgresql-docs", "any text")
+'fresh4'
 >>> part("perl-doc", "any text")
 'fresh3'
 >>> part("election-tweets", "any text")
@@ -61,7 +70,7 @@ import hashlib
 
 __all__ = ["SPLIT_SEED", "HOLDOUT_SHARE", "HELD_OUT_CORPORA", "FRESH_CORPORA", "HOLDOUT_RUN_SEED",
            "TUNE_RUN_SEED", "FRESH_RUN_SEED", "FRESH2_CORPORA", "FRESH2_RUN_SEED", "FRESH3_CORPORA",
-           "FRESH3_RUN_SEED", "PARTS", "part", "run_seed",
+           "FRESH3_RUN_SEED", "FRESH4_CORPORA", "FRESH4_RUN_SEED", "PARTS", "part", "run_seed",
            "split_indices"]
 
 #: drawn once with ``secrets.randbits(32)`` when this file was written; never change it
@@ -88,17 +97,25 @@ FRESH2_RUN_SEED = 91_312_253
 FRESH3_CORPORA = frozenset({"bible-kjv", "perl-doc"})
 #: drawn with ``secrets.randbits(32)`` before the third fresh part's corpora were read
 FRESH3_RUN_SEED = 3_434_256_321
-PARTS = ("tune", "holdout", "fresh", "fresh2", "fresh3")
+#: corpora of the fourth fresh part (stop 24): PostgreSQL 15's documentation paragraphs (Debian
+#: postgresql-doc-15, its HTML pages) and the Debian Administrator's Handbook (Debian debian-handbook)
+FRESH4_CORPORA = frozenset({"postgresql-docs", "debian-handbook"})
+#: drawn with ``secrets.randbits(32)`` before the fourth fresh part's corpora were read
+FRESH4_RUN_SEED = 2_857_491_982
+PARTS = ("tune", "holdout", "fresh", "fresh2", "fresh3", "fresh4")
 
 
 def part(corpus: str, text: str) -> str:
-    """``"tune"``, ``"holdout"``, ``"fresh"``, ``"fresh2"`` or ``"fresh3"`` for one document of ``corpus``."""
+    """``"tune"``, ``"holdout"``, ``"fresh"``, ``"fresh2"``, ``"fresh3"`` or ``"fresh4"`` for one document
+    of ``corpus``."""
     if corpus in FRESH_CORPORA:
         return "fresh"
     if corpus in FRESH2_CORPORA:
         return "fresh2"
     if corpus in FRESH3_CORPORA:
         return "fresh3"
+    if corpus in FRESH4_CORPORA:
+        return "fresh4"
     if corpus in HELD_OUT_CORPORA:
         return "holdout"
     h = hashlib.sha256(f"{SPLIT_SEED}\0{corpus}\0{text}".encode()).digest()
@@ -108,7 +125,8 @@ def part(corpus: str, text: str) -> str:
 def run_seed(part: str) -> int:
     """Base seed of the evaluation streams of ``part``."""
     return {"tune": TUNE_RUN_SEED, "holdout": HOLDOUT_RUN_SEED, "fresh": FRESH_RUN_SEED,
-            "fresh2": FRESH2_RUN_SEED, "fresh3": FRESH3_RUN_SEED}[part]
+            "fresh2": FRESH2_RUN_SEED, "fresh3": FRESH3_RUN_SEED,
+            "fresh4": FRESH4_RUN_SEED}[part]
 
 
 def split_indices(corpus: str, texts: list[str], which: str) -> list[int]:
