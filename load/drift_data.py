@@ -24,10 +24,17 @@ tree) when it runs:
 * The *second fresh part* (:data:`load.drift_split.FRESH2_CORPORA`): WordNet 3.0's glosses (Debian
   ``wordnet-base``; the WordNet licence, BSD-like) and the paragraphs of Python 3.11's documentation
   (Debian ``python3.11-doc``, its reST sources; PSF licence), both fetched with ``apt-get download``.
+* The *third fresh part* (:data:`load.drift_split.FRESH3_CORPORA`): the King James Bible's verses
+  (Debian ``bible-kjv-text``, public domain) and the paragraphs of Perl 5.36's documentation
+  (Debian ``perl-doc``, its POD sources; Perl's licence).
+* The *fourth fresh part* (:data:`load.drift_split.FRESH4_CORPORA`): the paragraphs of PostgreSQL
+  15's documentation (Debian ``postgresql-doc-15``, HTML; the PostgreSQL licence, BSD-like) and of
+  the Debian Administrator's Handbook (Debian ``debian-handbook``, English HTML; GPL-2+ or
+  CC-BY-SA 3.0), read with the standard library's HTML parser.
 
 The tuning / held-out split of these corpora is fixed in :mod:`load.drift_split`;
 :func:`real_pools` builds the pools of one part (one of ``drift_split.PARTS``: ``"tune"``,
-``"holdout"``, ``"fresh"``, ``"fresh2"``).
+``"holdout"``, ``"fresh"``, ``"fresh2"``, ``"fresh3"``, ``"fresh4"``).
 
 Embeddings are cached in ``<cache>/embeddings/*.npz`` keyed by corpus, variant, encoder fingerprint
 and a hash of the texts. A synthetic pool with the same shape (:func:`synthetic_pools`) lets the
@@ -44,6 +51,7 @@ import sys
 import time
 import zipfile
 from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -498,6 +506,145 @@ def perl_docs(cache: Path, min_words: int = 20) -> tuple[list[str], list[str]]:
     return _dedupe(texts, labels)
 
 
+class _HtmlParagraphs(HTMLParser):
+    """The paragraphs of an (X)HTML page as plain text, and its ``<link rel="up">`` target.
+
+    A paragraph is a ``<p>`` element or a ``<div class="para">`` (Publican's DocBook output). Not
+    read: ``<pre>`` (code, screens), ``<script>``, ``<style>``, ``<title>`` and navigation blocks
+    (``navheader``/``navfooter``/``docnav`` classes). A paragraph that opens inside another (a list
+    item inside a paragraph) ends the outer one's text so far; that text is a paragraph of its own.
+    """
+
+    VOID = frozenset("area base br col embed hr img input link meta param source track wbr".split())
+    SKIP_TAGS = frozenset({"pre", "script", "style", "title"})
+    SKIP_CLASSES = frozenset({"navheader", "navfooter", "docnav"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.paragraphs: list[str] = []
+        self.up: str | None = None
+        self._stack: list[tuple[str, str | None]] = []  # (tag, "para" / "skip" / None)
+        self._bufs: list[list[str]] = []  # text of each open paragraph, innermost last
+        self._skip = 0
+
+    def _emit(self, buf: list[str]) -> None:
+        text = " ".join("".join(buf).split())
+        if text:
+            self.paragraphs.append(text)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "link" and (a.get("rel") or "").lower() == "up" and a.get("href"):
+            self.up = a["href"]
+        if tag in self.VOID:
+            if tag == "br" and self._bufs:
+                self._bufs[-1].append(" ")
+            return
+        cls = set((a.get("class") or "").split())
+        kind = None
+        if tag in self.SKIP_TAGS or cls & self.SKIP_CLASSES:
+            kind = "skip"
+            self._skip += 1
+        elif not self._skip and (tag == "p" or (tag == "div" and "para" in cls)):
+            kind = "para"
+            if self._bufs:  # a paragraph inside a paragraph: the outer one's text so far stands alone
+                self._emit(self._bufs[-1])
+                self._bufs[-1] = []
+            self._bufs.append([])
+        self._stack.append((tag, kind))
+
+    def handle_startendtag(self, tag, attrs):  # <br />, <a id="x"/>: nothing opens
+        if tag in self.VOID:
+            self.handle_starttag(tag, attrs)
+
+    def handle_endtag(self, tag):
+        if all(t != tag for t, _ in self._stack):
+            return  # a stray end tag
+        while self._stack:
+            t, kind = self._stack.pop()
+            if kind == "skip":
+                self._skip -= 1
+            elif kind == "para":
+                self._emit(self._bufs.pop())
+            if t == tag:
+                break
+
+    def handle_data(self, data):
+        if self._bufs and not self._skip:
+            self._bufs[-1].append(data)
+
+
+def _html_paragraphs(path: Path) -> tuple[list[str], str | None]:
+    """(paragraphs, ``rel="up"`` link) of one HTML file (:class:`_HtmlParagraphs`)."""
+    p = _HtmlParagraphs()
+    p.feed(path.read_text(encoding="utf-8", errors="replace"))
+    p.close()
+    return p.paragraphs, p.up
+
+
+def _prose(text: str, min_words: int) -> bool:
+    """``min_words`` words or more, and not code (at most 30% of the words carry code characters)."""
+    words = text.split()
+    return len(words) >= min_words and sum(any(c in w for c in "=(){}[];<>$") for w in words) <= 0.3 * len(words)
+
+
+def postgresql_docs(cache: Path, min_words: int = 20) -> tuple[list[str], list[str]]:
+    """(paragraph, page family) of PostgreSQL 15's documentation (Debian ``postgresql-doc-15``, HTML).
+
+    Each page of ``html/*.html`` is read with the standard library's HTML parser
+    (:class:`_HtmlParagraphs`: ``<p>`` elements, no code blocks, no navigation); kept are paragraphs
+    of ``min_words`` words or more that are not code. The label is the page's file name up to its
+    first ``-``: ``sql`` (every ``sql-*.html`` command page), ``functions``, ``release``, ``catalog``,
+    ``runtime``, ``libpq``...; a page without one is its own family (``hstore``, ``tutorial``...).
+    Fetched into ``<cache>/postgresql-docs``.
+    """
+    x = _debs(Path(cache) / "postgresql-docs", ("postgresql-doc-15",), "PostgreSQL's documentation")
+    html = x / "usr" / "share" / "doc" / "postgresql-doc-15" / "html"
+    texts, labels = [], []
+    for f in sorted(html.glob("*.html")):
+        label = f.stem.split("-", 1)[0]
+        for text in _html_paragraphs(f)[0]:
+            if _prose(text, min_words):
+                texts.append(text)
+                labels.append(label)
+    if not texts:
+        raise DataMissing(f"no paragraphs read under {html}")
+    return _dedupe(texts, labels)
+
+
+def debian_handbook(cache: Path, min_words: int = 20) -> tuple[list[str], list[str]]:
+    """(paragraph, chapter) of the Debian Administrator's Handbook (Debian ``debian-handbook``, English HTML).
+
+    The pages of ``html/en-US/*.html`` (Publican's output: one page per chapter and per section) are
+    read like :func:`postgresql_docs` (``<div class="para">`` is a paragraph too). The label is the
+    chapter, appendix, preface or foreword a page belongs to: the file name (without ``.html``) of
+    the page reached by following its ``<link rel="up">`` links up to the book's ``index.html``:
+    ``apt`` (chapter 6, for ``sect.apt-get.html`` too), ``security``, ``short-remedial-course``
+    (appendix B)... Fetched into ``<cache>/debian-handbook``.
+    """
+    x = _debs(Path(cache) / "debian-handbook", ("debian-handbook",), "the Debian Administrator's Handbook")
+    html = x / "usr" / "share" / "doc" / "debian-handbook" / "html" / "en-US"
+    pages = {f.name: _html_paragraphs(f) for f in sorted(html.glob("*.html")) if f.name != "index.html"}
+
+    def chapter(name: str) -> str:
+        seen = {name}
+        while (up := pages[name][1]) in pages and up not in seen:  # index.html (the book) is not a page
+            seen.add(up)
+            name = up
+        return name.removesuffix(".html")
+
+    texts, labels = [], []
+    for name, (paragraphs, _) in pages.items():
+        label = chapter(name)
+        for text in paragraphs:
+            if _prose(text, min_words):
+                texts.append(text)
+                labels.append(label)
+    if not texts:
+        raise DataMissing(f"no paragraphs read under {html}")
+    return _dedupe(texts, labels)
+
+
 def dictd(name: str, directory: Path = DICTD_DIR, min_words: int = 4) -> tuple[list[str], list[str]]:
     """(definitions, headword initial) of a dictd dictionary (``<name>.index`` + ``<name>.dict.dz``).
 
@@ -648,6 +795,9 @@ CORPORA = {
     # the third fresh part (load/drift_split.FRESH3_CORPORA)
     "bible-kjv": (bible_kjv, ("int8", "fp32"), 8000, "kjv"),
     "perl-doc": (perl_docs, ("int8", "fp32"), 8000, "perldoc"),
+    # the fourth fresh part (load/drift_split.FRESH4_CORPORA)
+    "postgresql-docs": (postgresql_docs, ("int8", "fp32"), 8000, "pgdocs"),
+    "debian-handbook": (debian_handbook, ("int8", "fp32"), 8000, "dhandbook"),
 }
 MAKERS = {
     "int8": ("int8", lambda t: t),
@@ -662,14 +812,14 @@ def real_pools(cache: Path = DEFAULT_CACHE, *, part: str | None = None, max_docs
                variants: tuple[str, ...] | None = None) -> dict[str, Pool]:
     """Pools of the real corpora, restricted to one part of the fixed split (see :mod:`load.drift_split`).
 
-    ``part``: one of ``drift_split.PARTS`` (``"tune"``, ``"holdout"``, ``"fresh"``, ``"fresh2"``, ``"fresh3"``) or
-    None (every document; only for embedding/caching).
+    ``part``: one of ``drift_split.PARTS`` (``"tune"``, ``"holdout"``, ``"fresh"``, ``"fresh2"``, ``"fresh3"``,
+    ``"fresh4"``) or None (every document; only for embedding/caching).
     Pool names: the last field of :data:`CORPORA` (``reuters``, ``fortunes``, ``20ng``, ``foldoc``,
     ``devil``, ``debpkg``, ``manpages``, ``tweets``, ``friends``, ``wordnet``, ``pydocs``, ``kjv``,
-    ``perldoc``); a corpus
-    that is not installed is skipped with a message, except Reuters (:class:`DataMissing`). The
-    embeddings of a corpus are computed (and cached) for all its documents, so the cache does not
-    depend on the part. ``max_docs`` caps every corpus (a faster first run).
+    ``perldoc``, ``pgdocs``, ``dhandbook``); a corpus that is not installed is skipped with a message,
+    except Reuters (:class:`DataMissing`). The embeddings of a corpus are computed (and cached) for all
+    its documents, so the cache does not depend on the part. ``max_docs`` caps every corpus (a faster
+    first run).
     """
     from load.drift_split import split_indices
 

@@ -123,18 +123,22 @@ def scenarios(pools: dict, ramp: int) -> list[Scenario]:
     # The third fresh part's pools (FRESH3_CORPORA) joined them the same way, before being embedded
     # (from their label counts only): the Bible's books and Perl's page families are topics ("kjv",
     # "perldoc").
+    # The fourth fresh part's pools (FRESH4_CORPORA) joined them the same way, before being embedded
+    # (from their label counts only): PostgreSQL's page families and the handbook's chapters are
+    # topics ("pgdocs", "dhandbook").
     # drift-free: natural mix, narrow collections (largest topic; a 1000-document pool), bursts
     for p in names:
         out.append(Scenario(f"free:{p}", Source(p), None))
-    for p in ("reuters", "20ng", "fortunes", "debpkg", "manpages", "wordnet", "pydocs", "kjv", "perldoc"):
+    for p in ("reuters", "20ng", "fortunes", "debpkg", "manpages", "wordnet", "pydocs", "kjv", "perldoc", "pgdocs",
+              "dhandbook"):
         if p in pools:
             top = _by_size(pools[p])[0]
             out.append(Scenario(f"free-topic:{p}:{top}", Source(p, topics=(top,)), None))
     for p in ("reuters", "20ng", "foldoc", "fortunes", "debpkg", "tweets", "friends", "wordnet", "pydocs", "kjv",
-              "perldoc"):
+              "perldoc", "pgdocs", "dhandbook"):
         if p in pools and len(pools[p]) > 2000:
             out.append(Scenario(f"free-pool1000:{p}", Source(p, subset=1000), None))
-    for p in ("reuters", "20ng", "debpkg", "manpages", "wordnet", "pydocs", "kjv", "perldoc"):
+    for p in ("reuters", "20ng", "debpkg", "manpages", "wordnet", "pydocs", "kjv", "perldoc", "pgdocs", "dhandbook"):
         if p in pools:
             out.append(Scenario(f"bursty:{p}", Source(p, burst=20.0), None))
     # topic switches
@@ -160,7 +164,7 @@ def scenarios(pools: dict, ramp: int) -> list[Scenario]:
         first, second = _by_size(pools["fortunes"])[:2]
         out.append(Scenario(f"topic:fortunes:{first}->{second}", Source("fortunes", topics=(first,)),
                             Source("fortunes", topics=(second,))))
-    for p in ("debpkg", "manpages", "wordnet", "pydocs", "kjv", "perldoc"):
+    for p in ("debpkg", "manpages", "wordnet", "pydocs", "kjv", "perldoc", "pgdocs", "dhandbook"):
         if p in pools:
             first, second = _by_size(pools[p])[:2]
             out.append(Scenario(f"topic:{p}:mix->{first}", Source(p), Source(p, topics=(first,))))
@@ -180,7 +184,7 @@ def scenarios(pools: dict, ramp: int) -> list[Scenario]:
     # what a bursty collection still catches once its warm-up has been found serially dependent
     # (DRIFT.md section 3: pooled long-run-variance factors, `shift` not watched); the leads are bursty
     for p, to in (("reuters", "acq"), ("20ng", None), ("debpkg", None), ("manpages", None), ("wordnet", None),
-                  ("pydocs", None), ("kjv", None), ("perldoc", None)):
+                  ("pydocs", None), ("kjv", None), ("perldoc", None), ("pgdocs", None), ("dhandbook", None)):
         if p in pools:
             to = to or _by_size(pools[p])[0]
             out.append(Scenario(f"bursty-topic:{p}:mix->{to}", Source(p, burst=20.0),
@@ -192,7 +196,7 @@ def scenarios(pools: dict, ramp: int) -> list[Scenario]:
     for a, b in (("reuters", "fortunes"), ("fortunes", "reuters"), ("20ng", "foldoc"), ("foldoc", "devil"),
                  ("devil", "20ng"), ("debpkg", "manpages"), ("manpages", "tweets"), ("tweets", "friends"),
                  ("friends", "debpkg"), ("wordnet", "pydocs"), ("pydocs", "wordnet"), ("kjv", "perldoc"),
-                 ("perldoc", "kjv")):
+                 ("perldoc", "kjv"), ("pgdocs", "dhandbook"), ("dhandbook", "pgdocs")):
         if a in pools and b in pools and not (a == "fortunes" and "20ng" in pools):
             out.append(Scenario(f"domain:{a}->{b}", Source(a), Source(b)))
     return out

@@ -50,6 +50,13 @@ COLLECTIONS = {
     # small one (perlfunc, 776 of 16 031 paragraphs), 1000-document pools, both pools whole
     "fresh3": [("kjv", "Psalms"), ("kjv", "Genesis"), ("perldoc", "perldelta"), ("perldoc", "perlapi"),
                ("perldoc", "perlfunc"), ("kjv", 1000), ("perldoc", 1000), ("kjv", None), ("perldoc", None)],
+    # the same way (label counts of the pools - PostgreSQL's capped at 8000 of 13 845 paragraphs -
+    # before any stream ran or anything was embedded): the two largest topics of each (sql, app;
+    # network-services, advanced-administration), a small one (plpgsql, 180 of 8000 paragraphs),
+    # 1000-document pools, both pools whole
+    "fresh4": [("pgdocs", "sql"), ("pgdocs", "app"), ("dhandbook", "network-services"),
+               ("dhandbook", "advanced-administration"), ("pgdocs", "plpgsql"), ("pgdocs", 1000), ("dhandbook", 1000),
+               ("pgdocs", None), ("dhandbook", None)],
 }
 
 

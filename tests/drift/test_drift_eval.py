@@ -38,9 +38,10 @@ def test_scenarios_of_the_held_out_part_use_every_pool():
 
 @pytest.mark.parametrize("part, seed, corpora, pools", [
     ("fresh2", drift_split.FRESH2_RUN_SEED, ("wordnet", "python-docs"), ("wordnet", "pydocs")),
-    ("fresh3", drift_split.FRESH3_RUN_SEED, ("bible-kjv", "perl-doc"), ("kjv", "perldoc"))])
+    ("fresh3", drift_split.FRESH3_RUN_SEED, ("bible-kjv", "perl-doc"), ("kjv", "perldoc")),
+    ("fresh4", drift_split.FRESH4_RUN_SEED, ("postgresql-docs", "debian-handbook"), ("pgdocs", "dhandbook"))])
 def test_scenarios_of_the_later_fresh_parts(part, seed, corpora, pools):
-    """The second and third fresh parts' pools get the fresh part's rules, topics included."""
+    """The second, third and fourth fresh parts' pools get the fresh part's rules, topics included."""
     from load.drift_data import synthetic_pools
 
     synth = synthetic_pools(n_docs=3000)
@@ -207,3 +208,74 @@ def test_fresh3_loaders_parse_their_formats(tmp_path, monkeypatch):
     assert texts == ["In the beginning God created the heaven and the earth.",
                      "My little children, these things write I unto you, that ye sin not."]
     assert calls[0][-1] == "Gen1:1-Rev22:21" and "-l100000" in calls[0]
+
+
+PG_HTML = """<?xml version="1.0" encoding="UTF-8" standalone="no"?>
+<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Transitional//EN" "x.dtd"><html xmlns="http://www.w3.org/1999/xhtml">
+<head><title>SELECT, a title long enough to be kept were it a paragraph of the page, which it is not at all</title>
+<link rel="prev" href="sql-security-label.html" title="SECURITY LABEL" /></head><body>
+<div class="navheader"><table><tr><td><p>Navigation text that is long enough to be kept were it prose, but it is
+the page's navigation header, so the parser drops it with the footer.</p></td></tr></table><hr /></div>
+<div class="refentry"><a id="id-1" class="indexterm"></a><div class="refnamediv"><h2>SELECT</h2>
+<p>SELECT &#8212; retrieve rows</p></div>
+<pre class="synopsis">SELECT [ ALL | DISTINCT ] expression FROM from_item WHERE condition GROUP BY a very long synopsis
+of a command that is code, not prose, and is dropped whatever its length</pre>
+<p><code class="command">SELECT</code> retrieves rows from zero or more tables. The general
+processing of <code class="command">SELECT</code> is as follows: all queries in the<br />WITH list are
+computed &amp; kept, <span class="emphasis"><em>then</em></span> the rest.</p>
+<p>x = (a); y = [b]; z = {c}; f(x) = g(y); h(z) = (w); k = l; m = n; o = p; q = r; s = t; u = v; and w</p>
+</div><div class="navfooter"><p>Another navigation paragraph that is long enough to be kept were it prose, but it
+is the footer of the page and is dropped.</p></div></body></html>
+"""
+
+HANDBOOK_CHAPTER = """<?xml version="1.0" encoding="UTF-8" standalone="no"?>
+<html xmlns="http://www.w3.org/1999/xhtml"><head><title>Chapter 6. Maintenance and Updates</title>
+<link rel="home" href="index.html" title="The Handbook" /><link rel="up" href="index.html" title="The Handbook" />
+</head><body><ul class="docnav top"><li class="previous"><a href="x.html"><strong>Prev</strong></a></li></ul>
+<div class="chapter"><div class="para">
+  What makes Debian so popular with administrators is how easily software can be installed and how easily
+  the whole system can be updated.
+</div></div></body></html>
+"""
+
+HANDBOOK_SECTION = """<?xml version="1.0" encoding="UTF-8" standalone="no"?>
+<html xmlns="http://www.w3.org/1999/xhtml"><head><title>6.2. aptitude, apt-get, and apt Commands</title>
+<link rel="up" href="apt.html" title="Chapter 6. Maintenance and Updates" /></head><body>
+<div class="section"><div class="para">
+  The first part of this paragraph is long enough to be kept on its own, as a paragraph, before the list
+  that is nested inside it:
+  <div class="itemizedlist"><ul><li class="listitem"><div class="para">
+    An item of the list is a paragraph of its own, and this one is long enough to be kept by the parser.
+  </div></li></ul></div>
+  and a short tail.
+  <pre class="screen"><code>apt install a screen that is code and is dropped however many words it happens to hold</code></pre>
+</div></div></body></html>
+"""
+
+
+def test_fresh4_loaders_parse_their_formats(tmp_path):
+    from load import drift_data
+
+    html = tmp_path / "postgresql-docs" / "x" / "usr" / "share" / "doc" / "postgresql-doc-15" / "html"
+    html.mkdir(parents=True)
+    (html / "sql-select.html").write_text(PG_HTML)
+    (html / "hstore.html").write_text(PG_HTML.replace("rows from zero", "hstore rows from zero"))
+    texts, labels = drift_data.postgresql_docs(tmp_path)
+    assert labels == ["hstore", "sql"]  # files in name order; the label is the name up to its first "-"
+    assert texts[1] == ("SELECT retrieves rows from zero or more tables. The general processing of SELECT is as "
+                        "follows: all queries in the WITH list are computed & kept, then the rest.")
+
+    hb = tmp_path / "debian-handbook" / "x" / "usr" / "share" / "doc" / "debian-handbook" / "html" / "en-US"
+    hb.mkdir(parents=True)
+    (hb / "apt.html").write_text(HANDBOOK_CHAPTER)
+    (hb / "sect.apt-get.html").write_text(HANDBOOK_SECTION)
+    (hb / "sect.apt-get-deeper.html").write_text(HANDBOOK_SECTION.replace('href="apt.html"', 'href="sect.apt-get.html"')
+                                                 .replace("The first part", "A deeper section's first part")
+                                                 .replace("An item of", "Another item of"))
+    texts, labels = drift_data.debian_handbook(tmp_path)
+    assert labels == ["apt"] * 5  # the chapter, through the pages' "up" links
+    assert texts[0].startswith("What makes Debian so popular")
+    assert texts[1:3] == ["A deeper section's first part of this paragraph is long enough to be kept on its own, as "
+                          "a paragraph, before the list that is nested inside it:",
+                          "Another item of the list is a paragraph of its own, and this one is long enough to be "
+                          "kept by the parser."]
