@@ -119,6 +119,8 @@ def scan_trace(vectors, norms, config: DriftConfig, state_dir: Path) -> tuple:
     if scan is None or mon.warming_up:
         raise RuntimeError("the monitor did not finish its warm-up")
     units, keys = mon.reference.basis.tail_units(vectors[w:])
+    if hasattr(scan, "parts"):  # a ScanSet (tail and head blocks): this diagnoses the tail block
+        scan, units = scan.parts[0], units[:, : scan.dims[0]]
     scan.record = []
     for s in range(0, len(units), BATCH):
         scan.update(units[s : s + BATCH], keys[s : s + BATCH])

@@ -67,11 +67,11 @@ import numpy as np
 
 from .alert import AlertKind, DriftAlert, PartitionRange, Severity, SignalStats, Trigger
 from .detectors import Alarm, DetectorBank, DetectorSpec
-from .lrv import ar_lrv_factor, ljung_box, window_factors
+from .lrv import ar_lrv_factor, ljung_box
 from .nulls import RankScores, ph_threshold
 from .reference import (MonitorKey, Reference, StateVersionError, learn_reference, read_state, state_path,
                         write_state)
-from .scan import SHIFT_BUDGET_PER_EVENT, ScanNull, ShiftScan
+from .scan import SHIFT_BUDGET_PER_EVENT, ScanSet, ShiftScan
 from .states import newer_request, relearn_path
 from .signals import SHIFT_POWER, SHIFT_WINDOWS, fit_tail
 
@@ -111,6 +111,12 @@ class DriftConfig:
     shift_threshold: float | None = None
     #: per-event exceedance budget of the `shift` scan (all windows together)
     shift_budget: float = SHIFT_BUDGET_PER_EVENT
+    #: the `shift` scan also watches the whitened top this-many principal axes, as a second block
+    #: with half the budget (app.drift.scan.ScanSet): a mean shift among the topics' own axes - a
+    #: switch to a topic that is a large part of the mix - that no single watched axis shows
+    #: (DRIFT.md section 2). 16 was chosen on the tuning part (load.drift_topics: the head scan's
+    #: per-event growth with 16 axes against 32 and 64). 0: the tail only, as before.
+    shift_head: int = 16
     seed: int = 0
     block: int = DEFAULT_BLOCK
     detectors: tuple[DetectorSpec, ...] = DEFAULT_DETECTORS
@@ -178,7 +184,7 @@ class DriftConfig:
         """Arguments of :func:`~app.drift.reference.learn_reference` taken from this config."""
         return {"fit_fraction": self.fit_fraction, "n_axes": self.n_axes, "n_whiten": self.n_whiten,
                 "n_clusters": self.n_clusters, "windows": self.shift_windows, "shrink": self.shift_shrink,
-                "power": self.shift_power, "seed": self.seed}
+                "power": self.shift_power, "seed": self.seed, "n_head": self.shift_head}
 
     def detector_specs(self, n_null: int) -> list[DetectorSpec]:
         """The detectors for a null sample of ``n_null`` values (PageHinkley's threshold filled in)."""
@@ -315,7 +321,7 @@ class DriftMonitor:
         self.reference_id = ""
         self.bank: DetectorBank | None = None
         self.ranks: RankScores | None = None
-        self._scan: ShiftScan | None = None
+        self._scan: ShiftScan | ScanSet | None = None
         #: long-run-variance factors from the warm-up: per signal (rank scores are divided by
         #: sqrt(f)) and per `shift` window (app.drift.lrv); ones = exchangeable
         self.lrv_signals: np.ndarray | None = None
@@ -688,7 +694,7 @@ class DriftMonitor:
         basis = fit_tail(self.reference.basis, vecs[:n_fit], n_whiten=c.n_whiten, shrink=c.shift_shrink,
                          power=c.shift_power, seed=c.seed)
         units, keys = basis.tail_units(vecs[n_fit:])
-        basis = replace(basis, scan_null=ScanNull.from_sample(units, keys))
+        basis = replace(basis, scan_null=basis.null_from_sample(units, keys))
         self.reference = replace(self.reference, basis=basis)
         level = self._scan.threshold
         self._scan = basis.new_window(budget=c.shift_budget)
@@ -760,7 +766,7 @@ class DriftMonitor:
         self.lrv_signals = f_sig
         if self._scan is not None and self._scan.windows and not self.serially_dependent:
             segs = [ref.basis.tail_units(vecs[:n_fit]), ref.basis.tail_units(vecs[n_fit:])]
-            self.lrv_windows = window_factors(segs, self._scan.windows)
+            self.lrv_windows = self._scan.window_factors(segs)
             self._scan.set_lrv(self.lrv_windows)
 
     def _ph_columns(self) -> list[int]:
@@ -1162,8 +1168,9 @@ class DriftMonitor:
                 self.serial_p = float(meta["serial_p"])
                 self.serially_dependent = bool(meta.get("serially_dependent", False))
             if "scan_null" in arrays and self._scan is not None:
-                self._scan = ShiftScan(self._scan.windows, self._scan.dim, ScanNull.from_array(arrays["scan_null"]),
-                                       budget=self.config.shift_budget)
+                basis = self.reference.basis
+                self._scan = basis.new_window(budget=self.config.shift_budget,
+                                              null=basis.null_from_array(arrays["scan_null"]))
                 # the level the threshold rule watched before the restart (its bank is rebuilt on it)
                 self._scan.threshold = float(meta.get("scan_threshold", self._scan.threshold))
             if self._scan is not None and self.lrv_windows is not None:

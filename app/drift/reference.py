@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .scan import ScanNull
+from .scan import ScanSet
 from .signals import SHIFT_POWER, SHIFT_WINDOWS, ShiftScan, SignalBasis, fit_basis
 
 __all__ = ["MonitorKey", "Reference", "StateVersionError", "learn_reference", "state_path", "write_state",
@@ -84,7 +84,7 @@ class Reference:
     def names(self) -> tuple[str, ...]:
         return self.basis.names
 
-    def new_window(self, **kw) -> ShiftScan:
+    def new_window(self, **kw) -> ShiftScan | ScanSet:
         """Fresh state for the ``shift`` signal (one per stream)."""
         return self.basis.new_window(**kw)
 
@@ -134,6 +134,7 @@ def learn_reference(
     power: float = SHIFT_POWER,
     seed: int = 0,
     directions: dict[str, np.ndarray] | None = None,
+    n_head: int = 0,
 ) -> tuple[Reference, np.ndarray]:
     """Learn a :class:`Reference` from warm-up vectors.
 
@@ -158,10 +159,11 @@ def learn_reference(
         power=power,
         seed=seed,
         directions=directions,
+        n_head=n_head,
     )
     if basis.window > 0:
         units, keys = basis.tail_units(v[n_fit:])
-        basis = replace(basis, scan_null=ScanNull.from_sample(units, keys))
+        basis = replace(basis, scan_null=basis.null_from_sample(units, keys))
     raw = basis.transform(v[n_fit:], None if nrm is None else nrm[n_fit:])
     with np.errstate(invalid="ignore"):
         mean = np.nanmean(raw, axis=0)

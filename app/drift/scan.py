@@ -45,10 +45,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .lrv import window_factors
 from .nulls import scan_threshold
 
-__all__ = ["SHIFT_WINDOWS", "SHIFT_BUDGET_PER_EVENT", "SKETCH_BITS", "ScanNull", "ShiftScan", "scan_dof",
-           "unit_rows", "pack_keys"]
+__all__ = ["SHIFT_WINDOWS", "SHIFT_BUDGET_PER_EVENT", "SKETCH_BITS", "ScanNull", "ScanNullSet", "ShiftScan",
+           "ScanSet", "scan_dof", "unit_rows", "pack_keys", "null_from_sample", "null_from_array"]
 
 #: window lengths of the scan (DRIFT.md section 2)
 SHIFT_WINDOWS: tuple[int, ...] = (32, 48, 72, 108, 162)
@@ -414,6 +415,10 @@ class ShiftScan:
         self.lrv = np.maximum(np.where(np.isfinite(f), f, 1.0), 1.0)
         self._normalisers()
 
+    def window_factors(self, segments) -> np.ndarray:
+        """Long-run-variance factors of the windows from ``(units, keys)`` segments (app.drift.lrv)."""
+        return window_factors(segments, self.windows)
+
     def merged_null(self) -> ScanNull:
         """The null with this scan's history and online moments folded in (for saving / restarting)."""
         out = self.null.plus(self.live)
@@ -547,3 +552,142 @@ class ShiftScan:
                 self._learn(max(e1 - self.block, self.hist_origin), e1)
             self._refresh(e1)
         return out
+
+
+# ------------------------------------------------------------------ scans over several blocks
+def _blocks(units: np.ndarray, dims) -> list[np.ndarray]:
+    """The column blocks of ``units`` (n, sum(dims))."""
+    edges = np.cumsum([0, *dims])
+    if units.shape[1] != edges[-1]:
+        raise ValueError(f"rows of dimension {units.shape[1]} for blocks {tuple(dims)}")
+    return [units[:, a:b] for a, b in zip(edges[:-1], edges[1:])]
+
+
+class ScanNullSet:
+    """The nulls of a :class:`ScanSet`: one :class:`ScanNull` per block of the unit rows."""
+
+    def __init__(self, parts):
+        self.parts = list(parts)
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return tuple(p.dim for p in self.parts)
+
+    @property
+    def dim(self) -> int:
+        return sum(self.dims)
+
+    @classmethod
+    def from_sample(cls, units: np.ndarray, keys: np.ndarray, dims) -> "ScanNullSet":
+        return cls(ScanNull.from_sample(b, keys) for b in _blocks(np.asarray(units, dtype=np.float64), dims))
+
+    def plus(self, other: "ScanNullSet") -> "ScanNullSet":
+        return ScanNullSet(a.plus(b) for a, b in zip(self.parts, other.parts))
+
+    def copy(self) -> "ScanNullSet":
+        return ScanNullSet(p.copy() for p in self.parts)
+
+    def to_array(self) -> np.ndarray:
+        return np.concatenate([p.to_array() for p in self.parts])
+
+    @classmethod
+    def from_array(cls, a: np.ndarray, dims) -> "ScanNullSet":
+        a = np.asarray(a, dtype=np.float64)
+        sizes = [8 + int(d) for d in dims]
+        if len(a) != sum(sizes):
+            raise ValueError(f"a scan null of {len(a)} values for blocks {tuple(dims)}")
+        edges = np.cumsum([0, *sizes])
+        return cls(ScanNull.from_array(a[x:y]) for x, y in zip(edges[:-1], edges[1:]))
+
+
+def null_from_sample(units: np.ndarray, keys: np.ndarray, dims) -> "ScanNull | ScanNullSet":
+    """The null of a scan over blocks ``dims`` of the unit rows (one block: a :class:`ScanNull`)."""
+    if len(dims) == 1:
+        return ScanNull.from_sample(units, keys)
+    return ScanNullSet.from_sample(units, keys, dims)
+
+
+def null_from_array(a: np.ndarray, dims) -> "ScanNull | ScanNullSet":
+    if len(dims) == 1:
+        return ScanNull.from_array(a)
+    return ScanNullSet.from_array(a, dims)
+
+
+class ScanSet:
+    """The ``shift`` signal as the maximum of one :class:`ShiftScan` per block of the unit rows.
+
+    The blocks are the tail (the low-variance axes, where an encoder change shows) and the head
+    (the top principal axes, where the topics live; :mod:`app.drift.signals`): each block has its
+    own null, moments and running mean, and an equal share of the scan's budget, so its own
+    threshold. The value is ``max_b (T_b - thr_b) + threshold``, like a single scan's: above
+    ``threshold`` when some window of some block passed its own threshold. The duplicate keys are
+    the tail's (they stand for the document). Same interface as :class:`ShiftScan`.
+    """
+
+    def __init__(self, windows, dims, null: ScanNullSet | None = None, *, budget: float = SHIFT_BUDGET_PER_EVENT,
+                 online: bool = True, **kw):
+        self.dims = tuple(int(d) for d in dims)
+        nulls = null.parts if null is not None else [None] * len(self.dims)
+        if len(nulls) != len(self.dims):
+            raise ValueError(f"{len(nulls)} nulls for {len(self.dims)} blocks")
+        share = float(budget) / len(self.dims)
+        self.parts = [ShiftScan(windows, d, n, budget=share, online=online, **kw) for d, n in zip(self.dims, nulls)]
+        self.budget = float(budget)
+        self.windows, self.wmax = self.parts[0].windows, self.parts[0].wmax
+        self.threshold = self.parts[0].threshold
+        self.last_units = np.empty((0, self.dim))
+        self.last_keys = np.empty(0, np.uint64)
+
+    @property
+    def dim(self) -> int:
+        return sum(self.dims)
+
+    @property
+    def count(self) -> int:
+        return self.parts[0].count
+
+    @property
+    def thr(self) -> float:
+        """The tail block's current threshold (diagnostics)."""
+        return self.parts[0].thr
+
+    @property
+    def dof(self) -> float:
+        return self.parts[0].dof
+
+    @property
+    def lrv(self) -> np.ndarray:
+        return self.parts[0].lrv
+
+    @property
+    def record(self):
+        return self.parts[0].record
+
+    @record.setter
+    def record(self, value) -> None:
+        self.parts[0].record = value
+
+    def update(self, units: np.ndarray, keys: np.ndarray | None = None) -> np.ndarray:
+        units = np.asarray(units, dtype=np.float64)
+        vals = [p.update(b, keys) - p.threshold for p, b in zip(self.parts, _blocks(units, self.dims))]
+        self.last_units, self.last_keys = units, self.parts[0].last_keys
+        with np.errstate(invalid="ignore"):
+            return np.fmax.reduce(vals, axis=0) + self.threshold
+
+    def window_factors(self, segments) -> np.ndarray:
+        """Long-run-variance factors of the windows: the largest over the blocks (app.drift.lrv)."""
+        per = [window_factors([(_blocks(np.asarray(u, dtype=np.float64), self.dims)[i], k) for u, k in segments],
+                              self.windows) for i in range(len(self.dims))]
+        return np.max(per, axis=0)
+
+    def set_lrv(self, factors) -> None:
+        for p in self.parts:
+            p.set_lrv(factors)
+
+    def merged_null(self) -> ScanNullSet:
+        return ScanNullSet(p.merged_null() for p in self.parts)
+
+    def recentre(self, units: np.ndarray, keys: np.ndarray, history: int) -> None:
+        for p, b in zip(self.parts, _blocks(np.asarray(units, dtype=np.float64), self.dims)):
+            p.recentre(b, keys, history)
+        self.threshold = self.parts[0].threshold

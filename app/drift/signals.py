@@ -20,7 +20,10 @@ scalars, all computed with one matrix product per batch:
     ``i`` divided by ``lambda_i ** (power / 2)``) and reduced to its direction (spatial sign,
     ``u = z / |z|``); for each window length the normalised U-statistic of the last ``W`` rows
     against the running mean of the older ones is ~0 mean, unit variance without drift and grows
-    linearly from the first shifted event on (:mod:`app.drift.scan`). It is watched by a threshold
+    linearly from the first shifted event on (:mod:`app.drift.scan`). With ``head`` axes the scan has
+    a second block, the whitened top principal axes (spatial signs too), where a switch to a large
+    part of the topic mix moves the mean (:class:`~app.drift.scan.ScanSet`: each block its own null
+    and half the budget; ``shift`` is the larger excess). It is watched by a threshold
     rule (see :mod:`app.drift.detectors`), not by a CUSUM. This is the signal that sees an encoder
     swap (fp32 -> int8 moves every vector by a systematic offset that is small in cosine terms but
     large relative to the low-variance directions); it needs state, kept in a
@@ -46,7 +49,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .scan import SHIFT_BUDGET_PER_EVENT, SHIFT_WINDOWS, SKETCH_BITS, ScanNull, ShiftScan, pack_keys, unit_rows
+from .scan import (SHIFT_BUDGET_PER_EVENT, SHIFT_WINDOWS, SKETCH_BITS, ScanNull, ScanNullSet, ScanSet, ShiftScan,
+                   null_from_array, null_from_sample, pack_keys, unit_rows)
 
 __all__ = ["SHIFT_POWER", "SHIFT_WINDOWS", "SignalBasis", "ShiftScan", "ScanNull", "fit_basis", "spherical_kmeans",
            "variant_tests"]
@@ -156,6 +160,10 @@ class SignalBasis:
         Whether the ``lognorm`` signal is part of the basis.
     variants
         Test directions of the ``variant_<name>`` signals (d, m), in the order of ``variant_names``.
+    head
+        Whitening projection of the top principal axes (d, h) for the ``shift`` scan's second block
+        (axis ``i`` divided by ``sqrt(lambda_i + shrink mean(lambda))``); (d, 0): the scan watches
+        the tail only.
 
     Examples
     --------
@@ -185,15 +193,18 @@ class SignalBasis:
     tail_mean: np.ndarray | None = None
     variants: np.ndarray | None = None
     variant_names: tuple[str, ...] = ()
+    head: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.variants is None:
             object.__setattr__(self, "variants", np.zeros((self.centroid.shape[0], 0), dtype=np.float32))
+        if self.head is None:
+            object.__setattr__(self, "head", np.zeros((self.centroid.shape[0], 0), dtype=np.float32))
         if self.variants.shape[1] != len(self.variant_names):
             raise ValueError(f"{self.variants.shape[1]} variant directions for {len(self.variant_names)} names")
         # One matrix holds every direction we project on:
-        # [centroid | axes | clusters^T | tail | sketch | variants].
-        proj = np.hstack([self.centroid[:, None], self.axes, self.clusters.T, self.tail, self.sketch,
+        # [centroid | axes | clusters^T | tail | sketch | head | variants].
+        proj = np.hstack([self.centroid[:, None], self.axes, self.clusters.T, self.tail, self.sketch, self.head,
                           self.variants])
         proj = proj.astype(np.float32)
         mean = self.mean.astype(np.float64)
@@ -203,32 +214,59 @@ class SignalBasis:
         object.__setattr__(self, "_tail_offset", tmean @ self.tail.astype(np.float64))
         object.__setattr__(self, "_sketch_offset", tmean @ self.sketch.astype(np.float64))
         object.__setattr__(self, "_variant_offset", mean @ self.variants.astype(np.float64))
+        object.__setattr__(self, "_head_offset", mean @ self.head.astype(np.float64))
 
     @property
     def window(self) -> int:
         """Longest ``shift`` window (0: no ``shift`` signal)."""
         return max(self.windows) if self.windows else 0
 
-    def new_window(self, budget: float = SHIFT_BUDGET_PER_EVENT, online: bool = True) -> ShiftScan:
-        """Fresh ``shift`` state for one stream (``budget``: its per-event exceedance budget)."""
-        return ShiftScan(self.windows, self.tail.shape[1], self.scan_null, budget=budget, online=online)
+    @property
+    def scan_dims(self) -> tuple[int, ...]:
+        """Blocks of the scan's unit rows: ``(tail,)`` or ``(tail, head)``."""
+        h = self.head.shape[1]
+        return (self.tail.shape[1], h) if h else (self.tail.shape[1],)
+
+    def new_window(self, budget: float = SHIFT_BUDGET_PER_EVENT, online: bool = True,
+                   null: ScanNull | ScanNullSet | None = None) -> ShiftScan | ScanSet:
+        """Fresh ``shift`` state for one stream (``budget``: its per-event exceedance budget;
+        ``null``: instead of ``scan_null``)."""
+        null = self.scan_null if null is None else null
+        dims = self.scan_dims
+        if len(dims) == 1:
+            return ShiftScan(self.windows, dims[0], null, budget=budget, online=online)
+        return ScanSet(self.windows, dims, null, budget=budget, online=online)
+
+    def null_from_sample(self, units: np.ndarray, keys: np.ndarray) -> ScanNull | ScanNullSet:
+        """The scan's null from drift-free unit rows (:meth:`tail_units`)."""
+        return null_from_sample(units, keys, self.scan_dims)
+
+    def null_from_array(self, a: np.ndarray) -> ScanNull | ScanNullSet:
+        return null_from_array(a, self.scan_dims)
 
     def tail_units(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Unit (spatial-sign) whitened tail rows of ``vectors`` (n, k) and their duplicate keys (n,)."""
+        """The scan's unit rows of ``vectors`` (n, sum(scan_dims)): the spatial signs of the whitened
+        tail, then of the whitened head when there is one; and their duplicate keys (n,)."""
         return self._tail_and_keys(project(_as_matrix(vectors), self._proj))
 
     def _tail_and_keys(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         q, k, t = self.axes.shape[1], self.clusters.shape[0], self.tail.shape[1]
+        s, h = self.sketch.shape[1], self.head.shape[1]
         a = 1 + q + k
         tail = p[:, a : a + t] - self._tail_offset
         bad = ~np.isfinite(tail).all(axis=1)
         # rows that are not finite must not poison the window (they become zero rows)
         tail[bad] = 0.0
-        if self.sketch.shape[1]:
-            keys = pack_keys(p[:, a + t : a + t + self.sketch.shape[1]] - self._sketch_offset > 0)
+        if s:
+            keys = pack_keys(p[:, a + t : a + t + s] - self._sketch_offset > 0)
         else:
             keys = np.arange(len(p), dtype=np.uint64) | np.uint64(1 << 63)
-        return unit_rows(tail), keys
+        units = unit_rows(tail)
+        if h:
+            head = p[:, a + t + s : a + t + s + h] - self._head_offset
+            head[~np.isfinite(head).all(axis=1)] = 0.0
+            units = np.hstack([units, unit_rows(head)])
+        return units, keys
 
     @property
     def dim(self) -> int:
@@ -297,12 +335,14 @@ class SignalBasis:
             **({} if self.tail_mean is None else {prefix + "tail_mean": self.tail_mean}),
             **({} if not self.variant_names else {prefix + "variants": self.variants,
                                                   prefix + "variant_names": np.array(self.variant_names)}),
+            **({} if not self.head.shape[1] else {prefix + "head": self.head}),
         }
 
     @classmethod
     def from_arrays(cls, arrays, prefix: str = "basis_") -> "SignalBasis":
         meta = np.asarray(arrays[prefix + "meta"])
-        return cls(
+        null = np.asarray(arrays[prefix + "scan_null"])
+        basis = cls(
             mean=np.asarray(arrays[prefix + "mean"], dtype=np.float32),
             centroid=np.asarray(arrays[prefix + "centroid"], dtype=np.float32),
             axes=np.asarray(arrays[prefix + "axes"], dtype=np.float32),
@@ -313,15 +353,16 @@ class SignalBasis:
             n_axes=int(meta[0]),
             use_norm=bool(meta[1]),
             sketch=np.asarray(arrays[prefix + "sketch"], dtype=np.float32),
-            scan_null=(ScanNull.from_array(arrays[prefix + "scan_null"]) if len(arrays[prefix + "scan_null"])
-                       else None),
+            scan_null=None,
             tail_mean=(np.asarray(arrays[prefix + "tail_mean"], dtype=np.float32) if prefix + "tail_mean" in arrays
                        else None),
             variants=(np.asarray(arrays[prefix + "variants"], dtype=np.float32) if prefix + "variants" in arrays
                       else None),
             variant_names=(tuple(str(x) for x in np.asarray(arrays[prefix + "variant_names"]).tolist())
                            if prefix + "variant_names" in arrays else ()),
+            head=(np.asarray(arrays[prefix + "head"], dtype=np.float32) if prefix + "head" in arrays else None),
         )
+        return replace(basis, scan_null=basis.null_from_array(null)) if len(null) else basis
 
 
 def _tail_projection(vt: np.ndarray, var: np.ndarray, q: int, d: int, *, shrink: float, power: float,
@@ -402,8 +443,12 @@ def fit_basis(
     power: float = SHIFT_POWER,
     seed: int = 0,
     directions: dict[str, np.ndarray] | None = None,
+    n_head: int = 0,
 ) -> SignalBasis:
     """Fit a :class:`SignalBasis` on reference vectors (n, d); ``norms`` enables ``lognorm``.
+
+    ``n_head``: the ``shift`` scan also watches the whitened top ``n_head`` principal axes, as a
+    second block (:class:`~app.drift.scan.ScanSet`; 0: the tail only).
 
     ``directions``: ``{name: d}``, the mean offset of a known variant of the encoder (d,), one
     ``variant_<name>`` signal each (:func:`variant_tests`).
@@ -423,8 +468,13 @@ def fit_basis(
     centroid = mean / max(np.linalg.norm(mean), 1e-12)
     axes = vt[:q].T
     scales = np.maximum(np.sqrt(var[:q]), 1e-6)
+    head = None
     if windows and q < d:
         tail, sketch = _tail_projection(vt, var, q, d, shrink=shrink, power=power, seed=seed)
+        h = min(int(n_head), len(var))
+        if h > 0:
+            lam0 = shrink * (var.sum() / d)
+            head = (vt[:h].T / np.sqrt(var[:h] + lam0)).astype(np.float32)
     else:
         windows = ()
         tail = np.zeros((d, 0))
@@ -448,6 +498,7 @@ def fit_basis(
         sketch=sketch.astype(np.float32),
         variants=variants,
         variant_names=names,
+        head=head,
     )
 
 

@@ -20,7 +20,8 @@ KEY = ("model:int8:abc", "docs")
 # the burst of the episode test by `mahal`+`nearest` one event later, the real switch one later.
 FIRST_SWITCH = [("FIRED", 6010, 0, "CRITICAL", ["shift"]),
                 ("CLEARED", 8143, 1, "CRITICAL", ["centroid", "axis1", "mahal", "nearest", "shift", "lognorm"])]
-SMALL_SHIFT_FIRST = ("FIRED", 6146, "CRITICAL", ["shift"], "Threshold")
+# 6147: the tail block has half the scan's budget since the head block came (stop 24; 6146 before)
+SMALL_SHIFT_FIRST = ("FIRED", 6147, "CRITICAL", ["shift"], "Threshold")
 RESTART_DELAY = 11
 FREE_100K = {22: [], 23: []}
 # a short off-topic burst at 5000 (60 events) opens an episode; the real switch at 5960 fires again
@@ -118,6 +119,20 @@ def test_false_alarms_on_100k_drift_free_vectors(tmp_path, seed):
     assert mon.status()["detector_alarms"] <= 1  # the target: <= 1 false alarm per 100k events
 
 
+def test_a_switch_to_a_large_part_of_the_mix_is_seen_by_the_head_block(tmp_path):
+    # 12 topics, then only 8 of them (two thirds of the mix): no single watched axis moves much,
+    # but the mean moves among the topics' own (head) axes. The scan's head block sees it 190
+    # events after the switch; the tail scan and the PageHinkley signals alone not in 3000.
+    c = centres(43, k=12)
+    rng = np.random.default_rng(44)
+    v0, n0 = sample(rng, c, range(12), 6000, noise=2.0)
+    v1, n1 = sample(rng, c, range(8), 3000, noise=2.0)
+    v, n = np.vstack([v0, v1]), np.concatenate([n0, n1])
+    fired = [(a.event_index, a.signals) for a in feed(_monitor(tmp_path / "head"), v, n) if a.kind is AlertKind.FIRED]
+    assert fired[0] == (6190, ["shift"])
+    tail_only = feed(_monitor(tmp_path / "tail", shift_head=0), v, n)
+    assert [a for a in tail_only if a.kind is AlertKind.FIRED] == []
+
 def test_narrow_collection_gets_its_own_thresholds(tmp_path):
     # a narrow collection: 300 documents, resampled (every window holds repeats). Its `shift`
     # threshold comes from its own warm-up (not from another corpus), and 100k drift-free events
@@ -137,7 +152,9 @@ def test_narrow_collection_gets_its_own_thresholds(tmp_path):
     tb, tn = broad.thresholds, narrow.thresholds
     assert tb["page_hinkley"] == tn["page_hinkley"] == 6.75  # rank scores: the same law for every collection
     assert abs(tb["shift"] - tn["shift"]) > 0.05  # the scan's threshold is the collection's own
-    assert narrow._scan.collision > 10 * broad._scan.collision  # repeats measured on the collection
+    # repeats measured on the collection (by each block of the scan)
+    for a, b in zip(narrow._scan.parts, broad._scan.parts):
+        assert a.collision > 10 * b.collision
 
 
 def test_thresholds_depend_on_the_warmup_size_only_for_pagehinkley(tmp_path):
@@ -259,7 +276,8 @@ def test_restart_resumes_without_warmup_or_spurious_alert(tmp_path):
     again = _monitor(tmp_path)
     assert not again.warming_up and again.n_seen == 5000
     np.testing.assert_array_equal(again.reference.signal_mean, ref_mean)
-    assert again._scan.null.hist_n > mon._scan.null.hist_n  # the scan's history survived
+    # the scan's history survived, in both blocks
+    assert all(a.null.hist_n > b.null.hist_n for a, b in zip(again._scan.parts, mon._scan.parts))
     v2, n2 = sample(rng, c, range(4), 30_000)
     assert feed(again, v2, n2) == []
     v3, n3 = sample(rng, c, (4, 5), 2000)

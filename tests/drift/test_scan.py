@@ -66,3 +66,42 @@ def test_batching_does_not_change_a_bit_and_state_round_trips():
     assert again.null.hist_n == 500 + 4500 - 40
     assert again.tau2 == pytest.approx(whole.tau2, rel=0.02)
     assert np.isnan(again.update(x[:7], keys[:7])).all()
+
+
+def test_a_scan_set_is_the_max_of_its_blocks_and_sees_a_shift_in_either():
+    """ScanSet: one ShiftScan per block of the unit rows (tail, head), each with half the budget;
+    a mean shift in the head block alone is seen by the set and not by the tail's scan."""
+    from app.drift.scan import ScanNullSet, ScanSet
+
+    rng = np.random.default_rng(11)
+    n = 6000
+    tail, head = _rows(rng, n, dim=40), _rows(rng, n, dim=12)
+    head[4000:] = unit_rows(rng.normal(size=(n - 4000, 12)) + np.r_[1.5, np.zeros(11)])  # the head moves
+    units = np.hstack([tail, head])
+    keys = np.arange(n, dtype=np.uint64)
+    null = ScanNullSet.from_sample(units[:1000], keys[:1000], (40, 12))
+    assert null.dims == (40, 12) and null.parts[0].dim == 40
+    both = ScanSet((16, 48), (40, 12), null)
+    only_tail = ShiftScan((16, 48), 40, ScanNull.from_sample(tail[:1000], keys[:1000]))
+    assert [p.budget for p in both.parts] == [only_tail.budget / 2] * 2  # half the budget each
+    a = both.update(units[1000:], keys[1000:])
+    t = only_tail.update(tail[1000:], keys[1000:])
+    before, after = slice(0, 3000), slice(3000, 3200)
+    assert np.nanmax(a[before]) < both.threshold and np.nanmax(t[before]) < only_tail.threshold
+    first = int(np.argmax(a[after] > both.threshold))
+    assert a[after][first] > both.threshold and first < 60  # within a few dozen events of the shift
+    assert np.nanmax(t[after]) < only_tail.threshold  # the tail does not move
+    # the value is the larger excess of the two blocks, on the set's level
+    p0, p1 = ScanSet((16, 48), (40, 12), null).parts
+    e0 = p0.update(tail[1000:], keys[1000:]) - p0.threshold
+    e1 = p1.update(head[1000:], keys[1000:]) - p1.threshold
+    np.testing.assert_allclose(a, np.fmax(e0, e1) + both.threshold)
+    # batching changes no bit; the null round-trips through its array
+    cuts = [1000, 1001, 1700, 4000, 4003, 6000]
+    again = ScanSet((16, 48), (40, 12), null)
+    b = np.concatenate([again.update(units[s:e], keys[s:e]) for s, e in zip(cuts, cuts[1:])])
+    np.testing.assert_array_equal(a, b)
+    saved = ScanNullSet.from_array(both.merged_null().to_array(), (40, 12))
+    assert [p.hist_n for p in saved.parts] == [1000 + 5000 - 48] * 2
+    with pytest.raises(ValueError, match="blocks"):
+        ScanNullSet.from_array(both.merged_null().to_array(), (40, 13))

@@ -13,7 +13,7 @@ from .synth import centres, feed, sample
 
 KEY = ("model:int8:abc", "docs")
 # Pinned outcomes of the seeded encoder-swap stream below (default DriftConfig()): with the known
-# offset the swap at 6000 is first seen by `variant_fp32`; without it, by `shift` at 6146
+# offset the swap at 6000 is first seen by `variant_fp32`; without it, by `shift` at 6147
 # (test_monitor.SMALL_SHIFT_FIRST, the same stream).
 VARIANT_FIRST = ("FIRED", 6055, ["variant_fp32"])
 
@@ -45,9 +45,9 @@ def test_a_swap_along_a_known_offset_is_seen_by_its_signal_first(tmp_path):
     assert "variant_fp32" in mon.signal_names
     first = alerts[0]
     assert (first.kind.value, first.event_index, first.signals) == VARIANT_FIRST
-    # the same stream without the offset: only the `shift` scan sees it, 91 events later
+    # the same stream without the offset: only the `shift` scan sees it, 92 events later
     alone = feed(DriftMonitor(KEY, tmp_path / "without", clock=FakeClock()), v, n)
-    assert (alone[0].event_index, alone[0].signals) == (6146, ["shift"])
+    assert (alone[0].event_index, alone[0].signals) == (6147, ["shift"])
 
 
 def test_an_offset_the_stream_does_not_take_stays_quiet(tmp_path):
