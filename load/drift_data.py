@@ -588,6 +588,20 @@ def _prose(text: str, min_words: int) -> bool:
     return len(words) >= min_words and sum(any(c in w for c in "=(){}[];<>$") for w in words) <= 0.3 * len(words)
 
 
+def _labelled_prose(pages, min_words: int, where: Path) -> tuple[list[str], list[str]]:
+    """(paragraph, label) of the ``(label, paragraphs)`` pages that are prose (:func:`_prose`),
+    without duplicates; :class:`DataMissing` when there are none."""
+    texts, labels = [], []
+    for label, paragraphs in pages:
+        for text in paragraphs:
+            if _prose(text, min_words):
+                texts.append(text)
+                labels.append(label)
+    if not texts:
+        raise DataMissing(f"no paragraphs read under {where}")
+    return _dedupe(texts, labels)
+
+
 def postgresql_docs(cache: Path, min_words: int = 20) -> tuple[list[str], list[str]]:
     """(paragraph, page family) of PostgreSQL 15's documentation (Debian ``postgresql-doc-15``, HTML).
 
@@ -600,16 +614,8 @@ def postgresql_docs(cache: Path, min_words: int = 20) -> tuple[list[str], list[s
     """
     x = _debs(Path(cache) / "postgresql-docs", ("postgresql-doc-15",), "PostgreSQL's documentation")
     html = x / "usr" / "share" / "doc" / "postgresql-doc-15" / "html"
-    texts, labels = [], []
-    for f in sorted(html.glob("*.html")):
-        label = f.stem.split("-", 1)[0]
-        for text in _html_paragraphs(f)[0]:
-            if _prose(text, min_words):
-                texts.append(text)
-                labels.append(label)
-    if not texts:
-        raise DataMissing(f"no paragraphs read under {html}")
-    return _dedupe(texts, labels)
+    pages = ((f.stem.split("-", 1)[0], _html_paragraphs(f)[0]) for f in sorted(html.glob("*.html")))
+    return _labelled_prose(pages, min_words, html)
 
 
 def debian_handbook(cache: Path, min_words: int = 20) -> tuple[list[str], list[str]]:
@@ -633,16 +639,7 @@ def debian_handbook(cache: Path, min_words: int = 20) -> tuple[list[str], list[s
             name = up
         return name.removesuffix(".html")
 
-    texts, labels = [], []
-    for name, (paragraphs, _) in pages.items():
-        label = chapter(name)
-        for text in paragraphs:
-            if _prose(text, min_words):
-                texts.append(text)
-                labels.append(label)
-    if not texts:
-        raise DataMissing(f"no paragraphs read under {html}")
-    return _dedupe(texts, labels)
+    return _labelled_prose(((chapter(name), paragraphs) for name, (paragraphs, _) in pages.items()), min_words, html)
 
 
 def dictd(name: str, directory: Path = DICTD_DIR, min_words: int = 4) -> tuple[list[str], list[str]]:
