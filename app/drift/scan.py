@@ -49,7 +49,7 @@ from .lrv import window_factors
 from .nulls import scan_threshold
 
 __all__ = ["SHIFT_WINDOWS", "SHIFT_BUDGET_PER_EVENT", "SKETCH_BITS", "ScanNull", "ScanNullSet", "ShiftScan",
-           "ScanSet", "scan_dof", "unit_rows", "pack_keys", "null_from_sample", "null_from_array"]
+           "ScanSet", "scan_dof", "unit_rows", "pack_keys"]
 
 #: window lengths of the scan (DRIFT.md section 2)
 SHIFT_WINDOWS: tuple[int, ...] = (32, 48, 72, 108, 162)
@@ -573,19 +573,9 @@ class ScanNullSet:
     def dims(self) -> tuple[int, ...]:
         return tuple(p.dim for p in self.parts)
 
-    @property
-    def dim(self) -> int:
-        return sum(self.dims)
-
     @classmethod
     def from_sample(cls, units: np.ndarray, keys: np.ndarray, dims) -> "ScanNullSet":
         return cls(ScanNull.from_sample(b, keys) for b in _blocks(np.asarray(units, dtype=np.float64), dims))
-
-    def plus(self, other: "ScanNullSet") -> "ScanNullSet":
-        return ScanNullSet(a.plus(b) for a, b in zip(self.parts, other.parts))
-
-    def copy(self) -> "ScanNullSet":
-        return ScanNullSet(p.copy() for p in self.parts)
 
     def to_array(self) -> np.ndarray:
         return np.concatenate([p.to_array() for p in self.parts])
@@ -600,19 +590,6 @@ class ScanNullSet:
         return cls(ScanNull.from_array(a[x:y]) for x, y in zip(edges[:-1], edges[1:]))
 
 
-def null_from_sample(units: np.ndarray, keys: np.ndarray, dims) -> "ScanNull | ScanNullSet":
-    """The null of a scan over blocks ``dims`` of the unit rows (one block: a :class:`ScanNull`)."""
-    if len(dims) == 1:
-        return ScanNull.from_sample(units, keys)
-    return ScanNullSet.from_sample(units, keys, dims)
-
-
-def null_from_array(a: np.ndarray, dims) -> "ScanNull | ScanNullSet":
-    if len(dims) == 1:
-        return ScanNull.from_array(a)
-    return ScanNullSet.from_array(a, dims)
-
-
 class ScanSet:
     """The ``shift`` signal as the maximum of one :class:`ShiftScan` per block of the unit rows.
 
@@ -621,7 +598,8 @@ class ScanSet:
     own null, moments and running mean, and an equal share of the scan's budget, so its own
     threshold. The value is ``max_b (T_b - thr_b) + threshold``, like a single scan's: above
     ``threshold`` when some window of some block passed its own threshold. The duplicate keys are
-    the tail's (they stand for the document). Same interface as :class:`ShiftScan`.
+    the tail's (they stand for the document). It has the part of :class:`ShiftScan`'s interface
+    that the monitor uses; a diagnostic of one block reads ``parts``.
     """
 
     def __init__(self, windows, dims, null: ScanNullSet | None = None, *, budget: float = SHIFT_BUDGET_PER_EVENT,
@@ -647,25 +625,8 @@ class ScanSet:
         return self.parts[0].count
 
     @property
-    def thr(self) -> float:
-        """The tail block's current threshold (diagnostics)."""
-        return self.parts[0].thr
-
-    @property
-    def dof(self) -> float:
-        return self.parts[0].dof
-
-    @property
     def lrv(self) -> np.ndarray:
         return self.parts[0].lrv
-
-    @property
-    def record(self):
-        return self.parts[0].record
-
-    @record.setter
-    def record(self, value) -> None:
-        self.parts[0].record = value
 
     def update(self, units: np.ndarray, keys: np.ndarray | None = None) -> np.ndarray:
         units = np.asarray(units, dtype=np.float64)

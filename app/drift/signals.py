@@ -50,7 +50,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .scan import (SHIFT_BUDGET_PER_EVENT, SHIFT_WINDOWS, SKETCH_BITS, ScanNull, ScanNullSet, ScanSet, ShiftScan,
-                   null_from_array, null_from_sample, pack_keys, unit_rows)
+                   pack_keys, unit_rows)
 
 __all__ = ["SHIFT_POWER", "SHIFT_WINDOWS", "SignalBasis", "ShiftScan", "ScanNull", "fit_basis", "spherical_kmeans",
            "variant_tests"]
@@ -239,10 +239,13 @@ class SignalBasis:
 
     def null_from_sample(self, units: np.ndarray, keys: np.ndarray) -> ScanNull | ScanNullSet:
         """The scan's null from drift-free unit rows (:meth:`tail_units`)."""
-        return null_from_sample(units, keys, self.scan_dims)
+        dims = self.scan_dims
+        return ScanNull.from_sample(units, keys) if len(dims) == 1 else ScanNullSet.from_sample(units, keys, dims)
 
     def null_from_array(self, a: np.ndarray) -> ScanNull | ScanNullSet:
-        return null_from_array(a, self.scan_dims)
+        """The scan's null saved with ``to_array``."""
+        dims = self.scan_dims
+        return ScanNull.from_array(a) if len(dims) == 1 else ScanNullSet.from_array(a, dims)
 
     def tail_units(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The scan's unit rows of ``vectors`` (n, sum(scan_dims)): the spatial signs of the whitened
