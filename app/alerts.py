@@ -143,7 +143,7 @@ class DriftStage:
     The encoder's model directory also gives the monitor the offsets of the encoder's other known
     variants (:mod:`app.drift.variants`: ``variant_fp32`` for an int8 encoder), measured for this
     host: the shipped means where they were recorded for this CPU class and provider, else means the
-    host records once (a few tens of seconds at the first start) and caches.
+    host records once (about 11 s on two CPU cores, at the first start) and caches.
     """
 
     def __init__(self, fingerprint: str, collection: str, state_dir: Path, config: DriftConfig | None = None, *,

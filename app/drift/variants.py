@@ -25,10 +25,12 @@ offset, depend on the CPU class (the canary texts' offsets of two classes have a
 The shipped file is used only where it was recorded for this host: the same int8 instruction sets,
 the same execution provider as the encoder, the same ONNX Runtime version and text set
 (:func:`means_match`). Elsewhere :func:`host_variant_offsets` records the means on the host, once,
-with the encoder's own provider (every variant of the model embeds the text set: ~20-45 s on two
-CPU cores), and keeps them in a cache directory shared by every worker and state directory of the
-host (:func:`host_cache_dir`), so a test suite or a fleet of workers records once per machine. The encoder canary (:mod:`app.drift.canary`) is the detector of *any*
-encoder change; this signal is the statistical detector's sharpest view of the changes we can
+with the encoder's own provider (every variant of the model embeds the text set: 11 s on two CPU
+cores, int8 1.6 s and fp32 9.5 s), and keeps them in a cache directory shared by every worker and
+state directory of the host (:func:`host_cache_dir`), so a test suite or a fleet of workers
+records once per machine.
+
+The encoder canary (:mod:`app.drift.canary`) is the detector of *any* encoder change; this signal is the statistical detector's sharpest view of the changes we can
 name in advance.
 
 The package imports neither Kafka nor Faust.
@@ -50,8 +52,7 @@ from . import canary
 from .canary import int8_isa
 from .reference import load_with_meta, savez_with_meta
 
-__all__ = ["MEANS_FILE", "TEXTS_FILE", "load_texts", "read_means", "write_means", "all_variant_offsets",
-           "variant_offsets", "variant_name", "offsets_from_means", "means_meta", "means_match", "record_means",
+__all__ = ["MEANS_FILE", "TEXTS_FILE", "load_texts", "read_means", "write_means", "variant_offsets", "variant_name", "offsets_from_means", "means_meta", "means_match", "record_means",
            "host_cache_dir", "host_means", "host_variant_offsets"]
 
 log = logging.getLogger(__name__)
@@ -99,9 +100,11 @@ def read_means(path: Path) -> tuple[list[str], np.ndarray, dict] | None:
     return [str(x) for x in arrays["fingerprints"].tolist()], np.asarray(arrays["means"], dtype=np.float64), meta
 
 
-def all_variant_offsets(model_dir: Path | str | None) -> dict[str, dict[str, np.ndarray]]:
-    """``{fingerprint: {variant name: mean(other) - mean(this)}}`` for every fingerprint recorded
-    beside the model (one read of the file); empty when there is none (logged)."""
+def variant_offsets(model_dir: Path | str | None, fingerprint: str) -> dict[str, np.ndarray]:
+    """``{variant name: mean(other) - mean(this)}`` for every other variant recorded in the means
+    file beside the model, whatever host recorded it (a recording of another CPU class is logged);
+    empty when the file or this fingerprint is missing (logged). A worker uses
+    :func:`host_variant_offsets` instead."""
     if model_dir is None:
         return {}
     got = read_means(Path(model_dir) / MEANS_FILE)
@@ -116,18 +119,16 @@ def all_variant_offsets(model_dir: Path | str | None) -> dict[str, dict[str, np.
         log.warning("%s was recorded on a CPU with other int8 instructions (%s, here %s): the variant_ "
                     "signals test a direction that may not be this host's; a worker records its own "
                     "(host_variant_offsets)", MEANS_FILE, isa, int8_isa())
-    return offsets_from_means(fps, means)
+    return _offsets_of(fps, means, fingerprint, Path(model_dir) / MEANS_FILE)
 
 
-def variant_offsets(model_dir: Path | str | None, fingerprint: str) -> dict[str, np.ndarray]:
-    """``{variant name: mean(other) - mean(this)}`` for every other variant recorded in the means
-    file beside the model, whatever host recorded it; empty when the file or this fingerprint is
-    missing (logged). A worker uses :func:`host_variant_offsets` instead."""
-    every = all_variant_offsets(model_dir)
-    if every and fingerprint not in every:
-        log.info("fingerprint %s is not recorded in %s: drift monitors get no variant_ signals",
-                 fingerprint, Path(model_dir) / MEANS_FILE)
-    return every.get(fingerprint, {})
+def _offsets_of(fps: list[str], means: np.ndarray, fingerprint: str, where: Path) -> dict[str, np.ndarray]:
+    """The offsets of ``fingerprint`` among recorded means (read from ``where``); empty, logged,
+    when it is not among them."""
+    if fingerprint not in fps:
+        log.info("fingerprint %s is not recorded in %s: drift monitors get no variant_ signals", fingerprint, where)
+        return {}
+    return offsets_from_means(fps, means)[fingerprint]
 
 
 def offsets_from_means(fps: list[str], means: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
@@ -215,11 +216,7 @@ def host_variant_offsets(encoder, load_variant: Callable[[str], object], *, fing
     if got is None:
         return {}
     fps, means, where = got
-    fingerprint = fingerprint or encoder.fingerprint
-    if fingerprint not in fps:
-        log.info("fingerprint %s is not recorded in %s: drift monitors get no variant_ signals", fingerprint, where)
-        return {}
-    return offsets_from_means(fps, means)[fingerprint]
+    return _offsets_of(fps, means, fingerprint or encoder.fingerprint, where)
 
 
 def host_means(encoder, load_variant: Callable[[str], object], *, cache_dir: Path | str | None = None,
