@@ -40,8 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.drift.signals import spherical_kmeans
-from app.drift.scan import unit_rows
+from app.drift.signals import fit_basis, spherical_kmeans
 from load import drift_data, drift_split
 from load.drift_snr import swap_snr
 
@@ -77,15 +76,13 @@ def histogram_growth(fit: np.ndarray, held: np.ndarray, topic: np.ndarray, k: in
     return float(((q - p) ** 2 / p).sum() / np.sqrt(2 * (k - 1)))
 
 
-def head_growth(fit: np.ndarray, held: np.ndarray, topic: np.ndarray, q: int, shrink: float = 0.01) -> float:
-    """``s`` of a mean-shift scan on the whitened top ``q`` principal axes of ``fit`` (spatial
-    signs), ``topic``'s rows against ``held``'s."""
-    mu = fit.mean(axis=0)
-    _, sv, vt = np.linalg.svd(fit - mu, full_matrices=False)
-    var = sv**2 / (len(fit) - 1)
-    var = var + shrink * var.mean()
-    w = vt[:q].T / np.sqrt(var[:q])
-    return swap_snr(unit_rows((held - mu) @ w), unit_rows((topic - mu) @ w))
+def head_growth(fit: np.ndarray, held: np.ndarray, topic: np.ndarray, q: int) -> float:
+    """``s`` of the ``shift`` scan's head block with ``q`` axes (:func:`app.drift.signals.fit_basis`
+    with ``n_head=q``, fitted on ``fit``: the whitened top principal axes, spatial signs),
+    ``topic``'s rows against ``held``'s."""
+    basis = fit_basis(fit, n_whiten=min(32, fit.shape[1] - 1), n_head=q, n_clusters=1)
+    t = basis.scan_dims[0]
+    return swap_snr(basis.tail_units(held)[0][:, t:], basis.tail_units(topic)[0][:, t:])
 
 
 def pool_rows(pool, *, top: int = 3, splits: int = 3, seed: int = 0) -> list[dict]:
