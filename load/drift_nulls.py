@@ -75,6 +75,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--config", default=None, help="other DriftConfig fields, e.g. shift_budget=1.25e-6")
     ap.add_argument("--no-variants", action="store_true", help="monitors without the known-variant signals")
+    ap.add_argument("--only", default=None, help="collections whose label contains this (e.g. network-services)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
@@ -88,6 +89,9 @@ def main(argv=None) -> int:
     for name, what in COLLECTIONS[args.part]:
         if name not in pools:
             continue
+        label = f"{name}:{'pool' + str(what) if isinstance(what, int) else what or 'all'}"
+        if args.only and args.only not in label:
+            continue
         pool = pools[name]
         idx = _rows(pool, what)
         v, n = pool.variants["int8"]
@@ -95,10 +99,10 @@ def main(argv=None) -> int:
         r = null_rates(v[idx], n[idx], config=cfg, streams=args.streams, events=args.events, seed=args.seed,
                        variants=None if args.no_variants else offsets)
         thr = [x.get("shift") for x in r["thresholds"]]
-        label = f"{name}:{'pool' + str(what) if isinstance(what, int) else what or 'all'}"
         print(f"{label:24s} docs {len(idx):5d} raw {r['raw_alarms']:3d} ({r['raw_per_100k']:.2f}/100k) fired "
               f"{r['fired']:3d} ({r['fired_per_100k']:.2f}/100k) {r['alarms_by_signal']} shift thr "
-              f"{np.min(thr):.2f}-{np.max(thr):.2f} {time.perf_counter() - t:.0f}s", flush=True)
+              f"{np.min(thr):.2f}-{np.max(thr):.2f} {time.perf_counter() - t:.0f}s; FIRED at (events after the warm-up) "
+              f"{sorted(r['fired_at'])}", flush=True)
         out.append({"collection": label, "docs": int(len(idx)), **{k: r[k] for k in r if k != "thresholds"},
                     "shift_thresholds": [float(np.min(thr)), float(np.max(thr))]})
         raw, fired, events = raw + r["raw_alarms"], fired + r["fired"], events + r["live_events"]

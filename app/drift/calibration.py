@@ -93,16 +93,20 @@ def null_rates(vectors: np.ndarray, norms: np.ndarray | None = None, *, config: 
     nrm = None if norms is None else np.asarray(norms, dtype=np.float64)
     rng = np.random.default_rng(seed)
     by_signal: dict[str, int] = {}
-    raw, fired, live, thresholds = 0, 0, 0, []
+    raw, fired, live, thresholds, fired_at = 0, 0, 0, [], []
     with tempfile.TemporaryDirectory(prefix="drift-null-") as tmp:
         for s in range(streams):
             mon = DriftMonitor(("null", f"s{s}"), tmp, config=c, clock=lambda: 0.0, variants=variants)
             total = c.warmup + events
+            at = []
             for a in range(0, total, batch):
                 idx = rng.integers(len(v), size=min(batch, total - a))
                 for al in mon.observe(v[idx], norms=None if nrm is None else nrm[idx]):
-                    fired += al.kind is AlertKind.FIRED
+                    if al.kind is AlertKind.FIRED:
+                        at.append(al.event_index)
             st = mon.status()
+            fired += len(at)
+            fired_at += [i - st["warmup"] for i in at]
             raw += st["detector_alarms"]
             for k, x in st["alarms_by_signal"].items():
                 by_signal[k] = by_signal.get(k, 0) + x
@@ -113,7 +117,7 @@ def null_rates(vectors: np.ndarray, norms: np.ndarray | None = None, *, config: 
     return {"streams": streams, "live_events": live, "raw_alarms": raw, "raw_per_100k": per(raw),
             "raw_upper95_per_100k": per(poisson_upper(raw)), "fired": fired, "fired_per_100k": per(fired),
             "fired_upper95_per_100k": per(poisson_upper(fired)), "alarms_by_signal": by_signal,
-            "thresholds": thresholds}
+            "thresholds": thresholds, "fired_at": fired_at}
 
 
 def main(argv=None) -> int:
