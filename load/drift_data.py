@@ -31,10 +31,15 @@ tree) when it runs:
   15's documentation (Debian ``postgresql-doc-15``, HTML; the PostgreSQL licence, BSD-like) and of
   the Debian Administrator's Handbook (Debian ``debian-handbook``, English HTML; GPL-2+ or
   CC-BY-SA 3.0), read with the standard library's HTML parser.
+* The *fifth fresh part* (:data:`load.drift_split.FRESH5_CORPORA`): the paragraphs of the Linux
+  kernel's documentation (Debian ``linux-doc-6.1``, Sphinx HTML; GPL-2 by its copyright file) and of
+  R's manuals (Debian ``r-doc-html``, Texinfo HTML; GPL-2 by its copyright file, the manuals under
+  the R Core Team's permission notice: verbatim and modified copies allowed), read with the same
+  parser.
 
 The tuning / held-out split of these corpora is fixed in :mod:`load.drift_split`;
 :func:`real_pools` builds the pools of one part (one of ``drift_split.PARTS``: ``"tune"``,
-``"holdout"``, ``"fresh"``, ``"fresh2"``, ``"fresh3"``, ``"fresh4"``).
+``"holdout"``, ``"fresh"``, ``"fresh2"``, ``"fresh3"``, ``"fresh4"``, ``"fresh5"``).
 
 Embeddings are cached in ``<cache>/embeddings/*.npz`` keyed by corpus, variant, encoder fingerprint
 and a hash of the texts. A synthetic pool with the same shape (:func:`synthetic_pools`) lets the
@@ -511,13 +516,15 @@ class _HtmlParagraphs(HTMLParser):
 
     A paragraph is a ``<p>`` element or a ``<div class="para">`` (Publican's DocBook output). Not
     read: ``<pre>`` (code, screens), ``<script>``, ``<style>``, ``<title>`` and navigation blocks
-    (``navheader``/``navfooter``/``docnav`` classes). A paragraph that opens inside another (a list
-    item inside a paragraph) ends the outer one's text so far; that text is a paragraph of its own.
+    (``navheader``/``navfooter``/``docnav`` classes, and Texinfo's ``<div class="header">`` "Next:
+    ... Previous: ... Up: ..." lines, which no page of the fourth part has). A paragraph that opens
+    inside another (a list item inside a paragraph) ends the outer one's text so far; that text is a
+    paragraph of its own.
     """
 
     VOID = frozenset("area base br col embed hr img input link meta param source track wbr".split())
     SKIP_TAGS = frozenset({"pre", "script", "style", "title"})
-    SKIP_CLASSES = frozenset({"navheader", "navfooter", "docnav"})
+    SKIP_CLASSES = frozenset({"navheader", "navfooter", "docnav", "header"})
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -640,6 +647,48 @@ def debian_handbook(cache: Path, min_words: int = 20) -> tuple[list[str], list[s
         return name.removesuffix(".html")
 
     return _labelled_prose(((chapter(name), paragraphs) for name, (paragraphs, _) in pages.items()), min_words, html)
+
+
+#: top-level entries of the kernel's HTML tree that are not its English content: Sphinx's own
+#: files (``_static``, ``_sources``, ``_images``, ``_downloads``), the search and index pages and
+#: the translations (Chinese, Japanese, Korean, Italian, Spanish)
+LINUX_DOCS_SKIP = frozenset({"genindex.html", "search.html", "py-modindex.html", "translations"})
+
+
+def linux_docs(cache: Path, min_words: int = 20) -> tuple[list[str], list[str]]:
+    """(paragraph, book) of the Linux kernel 6.1's documentation (Debian ``linux-doc-6.1``, Sphinx HTML).
+
+    The pages under ``html/`` (``**/*.html``, in path order) are read like :func:`postgresql_docs`
+    (``<p>`` elements; Sphinx puts code in ``<pre>``, the side menu's and the footer's lines are too
+    short to be kept). The label is the page's top-level directory under ``html/``, the kernel's
+    books: ``admin-guide``, ``userspace-api``, ``driver-api``, ``networking``, ``hwmon``,
+    ``filesystems``...; the few pages directly in ``html/`` (``index.html``, ``arch.html``,
+    ``subsystem-apis.html``: the front matter's lists of books) are labelled ``index``. Not read:
+    :data:`LINUX_DOCS_SKIP` and every entry whose name starts with ``_``. Fetched into
+    ``<cache>/linux-docs`` (the version ``apt-get download`` offers; 6.1.192 when the pools were made).
+    """
+    x = _debs(Path(cache) / "linux-docs", ("linux-doc-6.1",), "the Linux kernel's documentation")
+    html = x / "usr" / "share" / "doc" / "linux-doc-6.1" / "html"
+    files = [f for f in sorted(html.rglob("*.html"))
+             if not ((top := f.relative_to(html).parts[0]) in LINUX_DOCS_SKIP or top.startswith("_"))]
+    pages = (((f.relative_to(html).parts[0] if f.parent != html else "index"), _html_paragraphs(f)[0])
+             for f in files)
+    return _labelled_prose(pages, min_words, html)
+
+
+def r_manuals(cache: Path, min_words: int = 20) -> tuple[list[str], list[str]]:
+    """(paragraph, manual) of R 4.2's manuals (Debian ``r-doc-html``, Texinfo HTML: one page per manual).
+
+    Each ``manual/*.html`` page (the package ships the manuals only, no package help pages) is read
+    like :func:`postgresql_docs` (the "Next: ... Up: ..." navigation lines of Texinfo's
+    ``<div class="header">`` are not read). The label is the manual, its file name without ``.html``:
+    ``R-exts``, ``R-intro``, ``R-admin``, ``R-ints``, ``R-lang``, ``R-FAQ``, ``R-data``. Fetched into
+    ``<cache>/r-manuals``.
+    """
+    x = _debs(Path(cache) / "r-manuals", ("r-doc-html",), "R's manuals")
+    manual = x / "usr" / "share" / "R" / "doc" / "manual"  # /usr/share/doc/r-doc-html/manual links here
+    return _labelled_prose(((f.stem, _html_paragraphs(f)[0]) for f in sorted(manual.glob("*.html"))), min_words,
+                           manual)
 
 
 def dictd(name: str, directory: Path = DICTD_DIR, min_words: int = 4) -> tuple[list[str], list[str]]:
@@ -795,6 +844,9 @@ CORPORA = {
     # the fourth fresh part (load/drift_split.FRESH4_CORPORA)
     "postgresql-docs": (postgresql_docs, ("int8", "fp32"), 8000, "pgdocs"),
     "debian-handbook": (debian_handbook, ("int8", "fp32"), 8000, "dhandbook"),
+    # the fifth fresh part (load/drift_split.FRESH5_CORPORA)
+    "linux-docs": (linux_docs, ("int8", "fp32"), 8000, "linuxdoc"),
+    "r-manuals": (r_manuals, ("int8", "fp32"), 8000, "rman"),
 }
 MAKERS = {
     "int8": ("int8", lambda t: t),
@@ -810,13 +862,13 @@ def real_pools(cache: Path = DEFAULT_CACHE, *, part: str | None = None, max_docs
     """Pools of the real corpora, restricted to one part of the fixed split (see :mod:`load.drift_split`).
 
     ``part``: one of ``drift_split.PARTS`` (``"tune"``, ``"holdout"``, ``"fresh"``, ``"fresh2"``, ``"fresh3"``,
-    ``"fresh4"``) or None (every document; only for embedding/caching).
+    ``"fresh4"``, ``"fresh5"``) or None (every document; only for embedding/caching).
     Pool names: the last field of :data:`CORPORA` (``reuters``, ``fortunes``, ``20ng``, ``foldoc``,
     ``devil``, ``debpkg``, ``manpages``, ``tweets``, ``friends``, ``wordnet``, ``pydocs``, ``kjv``,
-    ``perldoc``, ``pgdocs``, ``dhandbook``); a corpus that is not installed is skipped with a message,
-    except Reuters (:class:`DataMissing`). The embeddings of a corpus are computed (and cached) for all
-    its documents, so the cache does not depend on the part. ``max_docs`` caps every corpus (a faster
-    first run).
+    ``perldoc``, ``pgdocs``, ``dhandbook``, ``linuxdoc``, ``rman``); a corpus that is not installed is
+    skipped with a message, except Reuters (:class:`DataMissing`). The embeddings of a corpus are
+    computed (and cached) for all its documents, so the cache does not depend on the part.
+    ``max_docs`` caps every corpus (a faster first run).
     """
     from load.drift_split import split_indices
 

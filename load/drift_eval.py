@@ -126,19 +126,23 @@ def scenarios(pools: dict, ramp: int) -> list[Scenario]:
     # The fourth fresh part's pools (FRESH4_CORPORA) joined them the same way, before being embedded
     # (from their label counts only): PostgreSQL's page families and the handbook's chapters are
     # topics ("pgdocs", "dhandbook").
+    # The fifth fresh part's pools (FRESH5_CORPORA) joined them the same way, before being embedded
+    # (from their label counts only): the kernel documentation's books and R's manuals are topics
+    # ("linuxdoc", "rman").
     # drift-free: natural mix, narrow collections (largest topic; a 1000-document pool), bursts
     for p in names:
         out.append(Scenario(f"free:{p}", Source(p), None))
     for p in ("reuters", "20ng", "fortunes", "debpkg", "manpages", "wordnet", "pydocs", "kjv", "perldoc", "pgdocs",
-              "dhandbook"):
+              "dhandbook", "linuxdoc", "rman"):
         if p in pools:
             top = _by_size(pools[p])[0]
             out.append(Scenario(f"free-topic:{p}:{top}", Source(p, topics=(top,)), None))
     for p in ("reuters", "20ng", "foldoc", "fortunes", "debpkg", "tweets", "friends", "wordnet", "pydocs", "kjv",
-              "perldoc", "pgdocs", "dhandbook"):
+              "perldoc", "pgdocs", "dhandbook", "linuxdoc", "rman"):
         if p in pools and len(pools[p]) > 2000:
             out.append(Scenario(f"free-pool1000:{p}", Source(p, subset=1000), None))
-    for p in ("reuters", "20ng", "debpkg", "manpages", "wordnet", "pydocs", "kjv", "perldoc", "pgdocs", "dhandbook"):
+    for p in ("reuters", "20ng", "debpkg", "manpages", "wordnet", "pydocs", "kjv", "perldoc", "pgdocs", "dhandbook",
+              "linuxdoc", "rman"):
         if p in pools:
             out.append(Scenario(f"bursty:{p}", Source(p, burst=20.0), None))
     # topic switches
@@ -164,7 +168,7 @@ def scenarios(pools: dict, ramp: int) -> list[Scenario]:
         first, second = _by_size(pools["fortunes"])[:2]
         out.append(Scenario(f"topic:fortunes:{first}->{second}", Source("fortunes", topics=(first,)),
                             Source("fortunes", topics=(second,))))
-    for p in ("debpkg", "manpages", "wordnet", "pydocs", "kjv", "perldoc", "pgdocs", "dhandbook"):
+    for p in ("debpkg", "manpages", "wordnet", "pydocs", "kjv", "perldoc", "pgdocs", "dhandbook", "linuxdoc", "rman"):
         if p in pools:
             first, second = _by_size(pools[p])[:2]
             out.append(Scenario(f"topic:{p}:mix->{first}", Source(p), Source(p, topics=(first,))))
@@ -184,7 +188,8 @@ def scenarios(pools: dict, ramp: int) -> list[Scenario]:
     # what a bursty collection still catches once its warm-up has been found serially dependent
     # (DRIFT.md section 3: pooled long-run-variance factors, `shift` not watched); the leads are bursty
     for p, to in (("reuters", "acq"), ("20ng", None), ("debpkg", None), ("manpages", None), ("wordnet", None),
-                  ("pydocs", None), ("kjv", None), ("perldoc", None), ("pgdocs", None), ("dhandbook", None)):
+                  ("pydocs", None), ("kjv", None), ("perldoc", None), ("pgdocs", None), ("dhandbook", None),
+                  ("linuxdoc", None), ("rman", None)):
         if p in pools:
             to = to or _by_size(pools[p])[0]
             out.append(Scenario(f"bursty-topic:{p}:mix->{to}", Source(p, burst=20.0),
@@ -196,7 +201,8 @@ def scenarios(pools: dict, ramp: int) -> list[Scenario]:
     for a, b in (("reuters", "fortunes"), ("fortunes", "reuters"), ("20ng", "foldoc"), ("foldoc", "devil"),
                  ("devil", "20ng"), ("debpkg", "manpages"), ("manpages", "tweets"), ("tweets", "friends"),
                  ("friends", "debpkg"), ("wordnet", "pydocs"), ("pydocs", "wordnet"), ("kjv", "perldoc"),
-                 ("perldoc", "kjv"), ("pgdocs", "dhandbook"), ("dhandbook", "pgdocs")):
+                 ("perldoc", "kjv"), ("pgdocs", "dhandbook"), ("dhandbook", "pgdocs"), ("linuxdoc", "rman"),
+                 ("rman", "linuxdoc")):
         if a in pools and b in pools and not (a == "fortunes" and "20ng" in pools):
             out.append(Scenario(f"domain:{a}->{b}", Source(a), Source(b)))
     return out

@@ -57,6 +57,12 @@ COLLECTIONS = {
     "fresh4": [("pgdocs", "sql"), ("pgdocs", "app"), ("dhandbook", "network-services"),
                ("dhandbook", "advanced-administration"), ("pgdocs", "plpgsql"), ("pgdocs", 1000), ("dhandbook", 1000),
                ("pgdocs", None), ("dhandbook", None)],
+    # the same way (label counts of the pools - the kernel's documentation capped at 8000 of 54 093
+    # paragraphs, R's manuals whole, 3510 - before any stream ran or anything was embedded): the two
+    # largest topics of each (driver-api, admin-guide; R-exts, R-intro), a small one (the largest book
+    # of 150-400 paragraphs: core-api, 329 of 8000), 1000-document pools, both pools whole
+    "fresh5": [("linuxdoc", "driver-api"), ("linuxdoc", "admin-guide"), ("rman", "R-exts"), ("rman", "R-intro"),
+               ("linuxdoc", "core-api"), ("linuxdoc", 1000), ("rman", 1000), ("linuxdoc", None), ("rman", None)],
 }
 
 

@@ -39,9 +39,10 @@ def test_scenarios_of_the_held_out_part_use_every_pool():
 @pytest.mark.parametrize("part, seed, corpora, pools", [
     ("fresh2", drift_split.FRESH2_RUN_SEED, ("wordnet", "python-docs"), ("wordnet", "pydocs")),
     ("fresh3", drift_split.FRESH3_RUN_SEED, ("bible-kjv", "perl-doc"), ("kjv", "perldoc")),
-    ("fresh4", drift_split.FRESH4_RUN_SEED, ("postgresql-docs", "debian-handbook"), ("pgdocs", "dhandbook"))])
+    ("fresh4", drift_split.FRESH4_RUN_SEED, ("postgresql-docs", "debian-handbook"), ("pgdocs", "dhandbook")),
+    ("fresh5", drift_split.FRESH5_RUN_SEED, ("linux-docs", "r-manuals"), ("linuxdoc", "rman"))])
 def test_scenarios_of_the_later_fresh_parts(part, seed, corpora, pools):
-    """The second, third and fourth fresh parts' pools get the fresh part's rules, topics included."""
+    """The second to fifth fresh parts' pools get the fresh part's rules, topics included."""
     from load.drift_data import synthetic_pools
 
     synth = synthetic_pools(n_docs=3000)
@@ -279,3 +280,77 @@ def test_fresh4_loaders_parse_their_formats(tmp_path):
                           "a paragraph, before the list that is nested inside it:",
                           "Another item of the list is a paragraph of its own, and this one is long enough to be "
                           "kept by the parser."]
+
+
+SPHINX_HTML = """<!DOCTYPE html>
+<html class="writer-html5" lang="en" >
+<head><meta charset="utf-8" /><title>Control Group v2 &mdash; The Linux Kernel  documentation</title>
+<script src="../_static/jquery.js"></script><link rel="index" title="Index" href="../genindex.html" /></head>
+<body class="wy-body-for-nav"><div class="wy-grid-for-nav"><nav data-toggle="wy-nav-shift" class="wy-nav-side">
+<div class="wy-menu wy-menu-vertical" role="navigation"><p class="caption" role="heading"><span class="caption-text">
+Working with the development community</span></p><ul><li class="toctree-l1"><a href="x.html">A guide</a></li></ul>
+</div></nav><section class="wy-nav-content-wrap"><div class="rst-content"><div itemprop="articleBody">
+<section id="control-group-v2"><h1>Control Group v2<a class="headerlink" href="#control-group-v2">¶</a></h1>
+<p>This is the authoritative documentation on the design, interface and conventions of cgroup v2. It
+describes all userland-visible aspects of cgroup including core and specific <code class="docutils literal
+notranslate"><span class="pre">controller</span></code> behaviors.</p>
+<div class="highlight-none notranslate"><div class="highlight"><pre><span></span># mount -t cgroup2 none $MOUNT_POINT
+and a literal block that has enough words to be kept were it prose, but it is code and is dropped
+</pre></div></div>
+<div class="admonition warning"><p class="admonition-title">Warning</p>
+<p>A warning paragraph inside an admonition is a paragraph like the others, and it is long enough to be kept
+by the parser.</p></div>
+</section></div><footer><div role="contentinfo"><p>&#169; Copyright The kernel development community.</p>
+</div></footer></div></section></div></body></html>
+"""
+
+TEXINFO_HTML = """<!DOCTYPE html PUBLIC "-//W3C//DTD HTML 4.01 Transitional//EN" "http://www.w3.org/TR/html4/loose.dtd">
+<html><!-- Created by GNU Texinfo 6.8 --><head><title>An Introduction to R</title></head><body lang="en">
+<div class="chapter" id="Preface">
+<div class="header">
+<p>
+Next: <a href="#Introduction-and-preliminaries" accesskey="n" rel="next">Introduction and preliminaries</a>,
+Previous: <a href="#Top" accesskey="p" rel="prev">An Introduction to R</a>, Up: <a href="#Top" accesskey="u"
+rel="up">An Introduction to R</a> &nbsp; [<a href="#SEC_Contents" rel="contents">Contents</a>][<a
+href="#Index" rel="index">Index</a>]</p>
+</div>
+<span id="Preface-1"></span><h2 class="unnumbered">Preface</h2>
+<p>This introduction to R is derived from an original set of notes describing the S and S-PLUS
+environments written in 1990&ndash;2 by Bill Venables and David M. Smith when at the University of
+Adelaide.
+</p>
+<div class="example">
+<pre class="example">&gt; x &lt;- c(10.4, 5.6, 3.1, 6.4, 21.7) is an assignment that is code, not prose, of any length at all
+</pre></div>
+<p>Too short a paragraph.</p>
+</div></body></html>
+"""
+
+
+def test_fresh5_loaders_parse_their_formats(tmp_path):
+    from load import drift_data
+
+    html = tmp_path / "linux-docs" / "x" / "usr" / "share" / "doc" / "linux-doc-6.1" / "html"
+    for page in ("admin-guide/cgroup-v2.html", "admin-guide/sysctl/vm.html", "networking/index.html", "index.html",
+                 "translations/it_IT/index.html", "_sources/x.html", "genindex.html", "search.html"):
+        (html / page).parent.mkdir(parents=True, exist_ok=True)
+        (html / page).write_text(SPHINX_HTML.replace("design,", f"design ({page}),"))
+    texts, labels = drift_data.linux_docs(tmp_path)
+    # pages in path order; the label is the top-level directory (a page at the root: index); no
+    # translations, no Sphinx files, no search or index pages
+    assert labels == ["admin-guide"] * 3 + ["index", "networking"]  # the same warning on every page: kept once
+    assert texts[0] == ("This is the authoritative documentation on the design (admin-guide/cgroup-v2.html), "
+                        "interface and conventions of cgroup v2. It describes all userland-visible aspects of cgroup "
+                        "including core and specific controller behaviors.")
+    assert texts[1].startswith("A warning paragraph inside an admonition")
+    assert "admin-guide/sysctl/vm.html" in texts[2] and "(index.html)" in texts[3]
+
+    manual = tmp_path / "r-manuals" / "x" / "usr" / "share" / "R" / "doc" / "manual"
+    manual.mkdir(parents=True)
+    (manual / "R-intro.html").write_text(TEXINFO_HTML)
+    (manual / "R-exts.html").write_text(TEXINFO_HTML.replace("This introduction to R", "This manual on extensions"))
+    texts, labels = drift_data.r_manuals(tmp_path)
+    assert labels == ["R-exts", "R-intro"]  # the manual (file name) in name order; no navigation line, no example
+    assert texts[1] == ("This introduction to R is derived from an original set of notes describing the S and "
+                        "S-PLUS environments written in 1990–2 by Bill Venables and David M. Smith when at the "
+                        "University of Adelaide.")
