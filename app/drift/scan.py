@@ -10,9 +10,12 @@ longest window)::
 
 Without drift, with ``m`` the mean of ``N`` rows independent of the window, ``P = W (W - 1) / 2``:
 
-* ``E U_W = P (tr(C) / N - D)``, ``Var U_W = P tau2 (1 + 2 (W - 1) / N + 2 P / N^2)``,
+* ``E U_W = P (tr(C) / N - D)``, ``Var U_W = P (tau2 + t2 (2 (W - 1) / N + 2 P / N^2))``,
   where ``C`` is the covariance of the rows, ``tau2 = E[((u_i - mu).(u_j - mu))^2]`` over pairs of
-  *distinct* rows (~``tr(C^2)``) and ``D = E[|u - mu|^2 1(key_i == key_j)]`` the collision term;
+  *distinct* rows, ``D = E[|u - mu|^2 1(key_i == key_j)]`` the collision term and
+  ``t2 = tr(C^2) ~ tau2 + D tr(C)`` the same over *independent* rows (same-document pairs
+  included: the running mean's error meets them even though ``U_W`` leaves them out; on a
+  collection without duplicates ``t2 = tau2``);
 * ``T_W = (U_W - E U_W) / sqrt(Var U_W)`` has mean 0 and variance 1 for every collection, and is
   close to a standardised chi-square whose degrees of freedom match its skewness
   (``tr(C^2)^3 / tr(C^3)^2``; :func:`scan_dof`);
@@ -36,10 +39,22 @@ are noisy enough to move ``T_162``'s tail by a factor of several; the refined on
 stream goes on. Estimates are refreshed every ``block`` events of *event index* (not per batch), so
 the values do not depend on how the stream is batched.
 
-The value reported is ``max_W T_W - thr + threshold`` where ``thr`` is the current per-window
-threshold (:func:`~app.drift.nulls.scan_threshold` at the per-window budget) and ``threshold`` the
-fixed level the monitor's threshold rule watches (the warm-up's ``thr``): ``shift > threshold``
-means "some window passed its own threshold". NaN until ``min(windows)`` rows have been seen.
+**Right after a warm-up on a narrow collection** (stop 25). Two terms of the null were missing
+where a collection has few documents, and both matter most while the warm-up's estimates stand:
+
+* the running mean's error ``b`` meets the window through ``b.(u_i + u_j)`` and ``|b|^2``, whose
+  variances hold ``tr(C^2)`` over independent rows, same-document pairs included (``t2`` above):
+  with ``tau2`` in their place, ``T_162`` had an sd of 1.42 over the first 418 events after the
+  warm-up on a 332-document topic of the tuning part (1.30 on 300 synthetic documents);
+* ``P D`` is most of the null mean of a long window there (``P_162 D ~ 39`` against an sd of
+  ``U_162`` of ~5), and ``D`` from a warm-up's ~380 duplicate pairs is ~5 % off, a bias of ~0.4 sd
+  in every window for as long as it stands: its variance (``ScanNull.collision_var``) is added to
+  each window's null variance as ``P_W^2 collision_var``, and fades as pairs come in.
+
+With both, that topic's ``T_W`` have sds of 1.00-1.05 from the first event after the warm-up on,
+and the up-crossings of a level 1 sd below the threshold over its first 500 events fell from 26
+to 0.7 per 100k (300 warm-ups; 1.5-2.2 in events 2000-6000 of the same streams). On a collection without repeated documents
+(``D = 0``) nothing changes.
 """
 from __future__ import annotations
 
@@ -131,8 +146,12 @@ class ScanNull:
     ``hist_sum`` / ``hist_n`` / ``hist_sq``: sum, number and sum of squared norms of the rows of the
     running mean; ``h2``: squared products of distinct pairs (``tau2``); ``h3``: products around
     triangles (``tr(C^3)``); ``dup`` / ``pairs``: collision term over pairs examined. Each as
-    ``(sum, count)``.
+    ``(sum, count)``. ``dup_var``: the estimated variance of ``dup``'s sum (the duplicate pairs
+    are a count, and a small one: :meth:`collision_var`).
     """
+
+    #: first value of a saved null that carries ``dup_var`` (older arrays start with ``hist_n >= 0``)
+    ARRAY_V2 = -2.0
 
     def __init__(self, dim: int):
         self.hist_sum = np.zeros(dim)
@@ -141,6 +160,7 @@ class ScanNull:
         self.h2 = [0.0, 0.0]
         self.h3 = [0.0, 0.0]
         self.dup = [0.0, 0.0]
+        self.dup_var = 0.0
 
     @property
     def dim(self) -> int:
@@ -154,7 +174,12 @@ class ScanNull:
         ``tr(C^3)``: mean of ``(a.b)(b.c)(c.a)`` over the three thirds (three distinct keys);
         ``D``: collisions among all
         pairs. Each counts as many observations as there are rows (``tau2``, ``tr(C^3)``) or pairs
-        (``D``), the units in which the online updates are counted.
+        (``D``), the units in which the online updates are counted. The variance of the collision
+        sum is that of the number ``K`` of equal-key pairs among the ``n`` rows, a U-statistic:
+        ``Var K = M q (1 - q) + 2 M (n - 2) (s3 - q^2)`` with ``M`` pairs, ``q`` the chance that two
+        rows share a key and ``s3`` that three do (zero for a collection whose documents are equally
+        likely: then ``K`` is as good as Poisson), both estimated from the sample's pair and triple
+        counts; times the duplicate pairs' mean squared ``g``.
 
         >>> rng = np.random.default_rng(0)
         >>> u = unit_rows(rng.normal(size=(3000, 50)))
@@ -193,6 +218,13 @@ class ScanNull:
         g = np.einsum("ij,ij->i", u - mean, u - mean)
         i, j = _dup_pairs(keys, 0, npair)
         self.dup = [float(g[j].sum()), npair * (npair - 1) / 2]
+        if len(j):
+            c = np.unique(keys, return_counts=True)[1].astype(np.float64)
+            m = npair * (npair - 1) / 2
+            q = len(j) / m
+            s3 = float(np.sum(c * (c - 1) * (c - 2))) / (npair * (npair - 1) * max(npair - 2, 1))
+            var_k = m * q * (1 - q) + 2 * m * (npair - 2) * max(s3 - q * q, 0.0)
+            self.dup_var = float(np.mean(g[j] ** 2) * var_k)
         return self
 
     @property
@@ -218,12 +250,24 @@ class ScanNull:
     def collision(self) -> float:
         return self.dup[0] / self.dup[1] if self.dup[1] > 0 else 0.0
 
+    @property
+    def collision_var(self) -> float:
+        """Variance of the collision term's estimate ``D``: ``dup_var / pairs^2``.
+
+        ``D`` is the null mean's correction for the duplicate pairs a window leaves out; on a
+        narrow collection (a few hundred documents) it is the largest part of ``E U_W`` (~9 sds of
+        ``U_162`` on 332 documents) and, estimated from a warm-up's few hundred duplicate pairs,
+        ~10 % off - a bias of the whole scan until enough pairs have been seen.
+        """
+        return self.dup_var / self.dup[1] ** 2 if self.dup[1] > 0 else 0.0
+
     def plus(self, other: "ScanNull") -> "ScanNull":
         """A copy with ``other``'s pair moments (``h2``, ``h3``, ``dup``) added; the history is this one's."""
         out = self.copy()
         for a, b in ((out.h2, other.h2), (out.h3, other.h3), (out.dup, other.dup)):
             a[0] += b[0]
             a[1] += b[1]
+        out.dup_var += other.dup_var
         return out
 
     def copy(self) -> "ScanNull":
@@ -231,19 +275,38 @@ class ScanNull:
         c.hist_sum = self.hist_sum.copy()
         c.hist_n, c.hist_sq = self.hist_n, self.hist_sq
         c.h2, c.h3, c.dup = list(self.h2), list(self.h3), list(self.dup)
+        c.dup_var = self.dup_var
         return c
 
     def to_array(self) -> np.ndarray:
-        return np.concatenate([[self.hist_n, self.hist_sq, *self.h2, *self.h3, *self.dup], self.hist_sum])
+        return np.concatenate([[self.ARRAY_V2, self.dup_var, self.hist_n, self.hist_sq, *self.h2, *self.h3,
+                                *self.dup], self.hist_sum])
 
     @classmethod
-    def from_array(cls, a: np.ndarray) -> "ScanNull":
+    def from_array(cls, a: np.ndarray, dim: int | None = None) -> "ScanNull":
+        """The null saved with :meth:`to_array` (``dim``: when ``a`` may hold more than this null).
+
+        A null saved before ``dup_var`` existed (its first value is ``hist_n``, not the marker)
+        gets the variance of a Poisson count of its duplicate pairs, times 4 for their
+        overdispersion: a conservative stand-in, replaced by the estimate as the stream goes on.
+        """
         a = np.asarray(a, dtype=np.float64)
-        self = cls(len(a) - 8)
-        self.hist_n, self.hist_sq = float(a[0]), float(a[1])
-        self.h2, self.h3, self.dup = [float(a[2]), float(a[3])], [float(a[4]), float(a[5])], [float(a[6]), float(a[7])]
-        self.hist_sum = a[8:].copy()
+        v2 = len(a) > 0 and a[0] == cls.ARRAY_V2
+        head = 10 if v2 else 8
+        self = cls(len(a) - head if dim is None else int(dim))
+        b = a[2:] if v2 else a
+        self.hist_n, self.hist_sq = float(b[0]), float(b[1])
+        self.h2, self.h3, self.dup = [float(b[2]), float(b[3])], [float(b[4]), float(b[5])], [float(b[6]), float(b[7])]
+        self.hist_sum = b[8 : 8 + self.dim].copy()
+        if len(self.hist_sum) != self.dim:
+            raise ValueError(f"a scan null of {len(a)} values for a block of dimension {self.dim}")
+        self.dup_var = float(a[1]) if v2 else 4.0 * max(self.dup[0], 0.0)  # (the pairs' g ~ 1: unit rows)
         return self
+
+    @classmethod
+    def array_size_at(cls, a: np.ndarray, dim: int) -> int:
+        """Values of the null of dimension ``dim`` saved at the start of ``a``."""
+        return (10 if len(a) and a[0] == cls.ARRAY_V2 else 8) + int(dim)
 
 
 class ShiftScan:
@@ -350,6 +413,7 @@ class ShiftScan:
         self.m = mo.mean
         self.mm = float(self.m @ self.m)
         self.trace, self.tau2, self.tau3, self.collision = mo.trace, mo.tau2, mo.tau3, mo.collision
+        self.collision_var = mo.collision_var
         self.dof = scan_dof(self.trace, self.tau2, self.tau3)
         self.thr = scan_threshold(self.dof, self.budget / max(len(self.windows), 1))
         self._normalisers()
@@ -388,8 +452,12 @@ class ShiftScan:
         have = cnt > 0
         tri = oka & okb & okab  # three distinct documents
         lv = self.live
-        lv.dup[0] += float((same.sum(axis=1) * self._g[p0:p1]).sum())
+        dup = same.sum(axis=1) * self._g[p0:p1]
+        lv.dup[0] += float(dup.sum())
         lv.dup[1] += float(k * (w - 1))
+        # the rows' duplicate sums are nearly independent (pairs only within wmax): their spread
+        # about the block's mean estimates the variance of their sum
+        lv.dup_var += float(((dup - dup.mean()) ** 2).sum()) * k / max(k - 1, 1)
         lv.h2[0] += float(np.where(have, tot / np.maximum(cnt, 1), 0.0).sum())
         lv.h2[1] += float(have.sum())
         lv.h3[0] += float(np.where(tri, xa * ab * xb, 0.0).sum())
@@ -400,12 +468,22 @@ class ShiftScan:
         """Null mean and sd of each window's ``U_W`` from the current moments and ``lrv``."""
         inv = 1.0 / self.N
         self._mean0 = self._pairs * (self.trace * inv - self.collision)
-        self._sd = np.sqrt(self._pairs * self.tau2 * (1 + 2 * (self._warr - 1) * inv + 2 * self._pairs * inv**2))
+        # the running mean's error b = m - mu enters through b.(sum of the window) and |b|^2, whose
+        # variances hold tr(C^2) over *independent* rows - same-document pairs included, which U_W
+        # leaves out and tau2 does not count: tr(C^2) = tau2 + E[|u - mu|^4 1(same)] ~ tau2 + D tr(C)
+        # (3.3 tau2 on a 332-document topic, whose T_162 had an sd of 1.42 right after its warm-up
+        # with tau2 alone)
+        full = self.tau2 + self.collision * self.trace
+        self._sd = np.sqrt(self._pairs * (self.tau2 + full * (2 * (self._warr - 1) * inv + 2 * self._pairs * inv**2)))
         # serial dependence (bursty streams): pairs k apart add tr(C) rho_k each, i.e.
         # tr(C) W (f_W - 1) / 2 in all, and the spread of the window sum grows by f_W (app.drift.lrv);
         # with every f_W = 1 the same bits as without
         self._mean0 = self._mean0 + self.trace * self._warr * (self.lrv - 1.0) / 2.0
         self._sd = self._sd * self.lrv
+        # the null mean's own error: P D is estimated (collision_var), and on a narrow collection
+        # a warm-up's estimate is off by a good part of an sd of U_W - for every window and for as
+        # long as that estimate stands; its variance widens the null until enough pairs were seen
+        self._sd = np.sqrt(self._sd**2 + self._pairs**2 * self.collision_var)
 
     def set_lrv(self, factors) -> None:
         """Set the windows' long-run-variance factors (None: 1; floored at 1) and renormalise."""
@@ -583,11 +661,16 @@ class ScanNullSet:
     @classmethod
     def from_array(cls, a: np.ndarray, dims) -> "ScanNullSet":
         a = np.asarray(a, dtype=np.float64)
-        sizes = [8 + int(d) for d in dims]
-        if len(a) != sum(sizes):
+        parts, at = [], 0
+        for d in dims:
+            size = ScanNull.array_size_at(a[at:], d)
+            if at + size > len(a):
+                raise ValueError(f"a scan null of {len(a)} values for blocks {tuple(dims)}")
+            parts.append(ScanNull.from_array(a[at : at + size], d))
+            at += size
+        if at != len(a):
             raise ValueError(f"a scan null of {len(a)} values for blocks {tuple(dims)}")
-        edges = np.cumsum([0, *sizes])
-        return cls(ScanNull.from_array(a[x:y]) for x, y in zip(edges[:-1], edges[1:]))
+        return cls(parts)
 
 
 class ScanSet:
