@@ -3,11 +3,15 @@
     python -m load.drift_nulls --part tune                      # 10 x 100k events per collection
     python -m load.drift_nulls --part tune --config shift_budget=1.25e-6
     python -m load.drift_nulls --part fresh                     # report only: never tune on it
+    python -m load.drift_nulls --part tune --streams 100 --events 3000   # right after the warm-ups
+    python -m load.drift_nulls --part fresh4 --only network-services      # one collection
 
 For each collection (one topic of a pool, a fixed 1000-document subset, the whole pool), ``--streams``
 drift-free streams are resampled i.i.d. from it; each stream's monitor learns its own reference and
 thresholds from its own warm-up (app.drift.calibration.null_rates). Printed: raw detector alarms per
-signal, FIRED alerts, and the range of the `shift` thresholds the collections got. This is the
+signal, FIRED alerts with their positions after the warm-up, and the range of the `shift`
+thresholds the collections got. Many short streams (``--streams 100 --events 3000``) look at the
+events right after a warm-up, where its estimates are least settled; few long ones at the rest. This is the
 check the scan's budget was chosen on (DRIFT.md section 4; tuning part only).
 """
 from __future__ import annotations
