@@ -111,8 +111,8 @@ def main(argv=None) -> int:
         thr = [x.get("shift") for x in r["thresholds"]]
         print(f"{label:24s} docs {len(idx):5d} raw {r['raw_alarms']:3d} ({r['raw_per_100k']:.2f}/100k) fired "
               f"{r['fired']:3d} ({r['fired_per_100k']:.2f}/100k) {r['alarms_by_signal']} shift thr "
-              f"{np.min(thr):.2f}-{np.max(thr):.2f} {time.perf_counter() - t:.0f}s; FIRED at (events after the warm-up) "
-              f"{sorted(r['fired_at'])}", flush=True)
+              f"{np.min(thr):.2f}-{np.max(thr):.2f} {time.perf_counter() - t:.0f}s; FIRED at (events after the "
+              f"warm-up) {sorted(r['fired_at'])}", flush=True)
         out.append({"collection": label, "docs": int(len(idx)), **{k: r[k] for k in r if k != "thresholds"},
                     "shift_thresholds": [float(np.min(thr)), float(np.max(thr))]})
         raw, fired, events = raw + r["raw_alarms"], fired + r["fired"], events + r["live_events"]

@@ -53,8 +53,8 @@ where a collection has few documents, and both matter most while the warm-up's e
 
 With both, that topic's ``T_W`` have sds of 1.00-1.05 from the first event after the warm-up on,
 and the up-crossings of a level 1 sd below the threshold over its first 500 events fell from 26
-to 0.7 per 100k (300 warm-ups; 1.5-2.2 in events 2000-6000 of the same streams). On a collection without repeated documents
-(``D = 0``) nothing changes.
+to 0.7 per 100k (300 warm-ups; 1.5-2.2 in events 2000-6000 of the same streams). On a collection
+without repeated documents (``D = 0``) nothing changes.
 """
 from __future__ import annotations
 
@@ -257,7 +257,7 @@ class ScanNull:
         ``D`` is the null mean's correction for the duplicate pairs a window leaves out; on a
         narrow collection (a few hundred documents) it is the largest part of ``E U_W`` (~9 sds of
         ``U_162`` on 332 documents) and, estimated from a warm-up's few hundred duplicate pairs,
-        ~10 % off - a bias of the whole scan until enough pairs have been seen.
+        ~5 % off - a bias of the whole scan until enough pairs have been seen.
         """
         return self.dup_var / self.dup[1] ** 2 if self.dup[1] > 0 else 0.0
 
