@@ -11,8 +11,8 @@ drift-free streams are resampled i.i.d. from it; each stream's monitor learns it
 thresholds from its own warm-up (app.drift.calibration.null_rates). Printed: raw detector alarms per
 signal, FIRED alerts with their positions after the warm-up, and the range of the `shift`
 thresholds the collections got. Many short streams (``--streams 100 --events 3000``) look at the
-events right after a warm-up, where its estimates are least settled; few long ones at the rest. This is the
-check the scan's budget was chosen on (DRIFT.md section 4; tuning part only).
+events right after a warm-up, where its estimates are least settled; few long ones at the rest.
+This is the check the scan's budget was chosen on (DRIFT.md section 4; tuning part only).
 """
 from __future__ import annotations
 

@@ -19,10 +19,9 @@ brings per event, for the ``T`` of each pool with the largest shares, two ways:
   ``p`` (1000 held-out rows): a histogram test of "these events come from a part of the mix" grows by
   ``chi2 / sqrt(2 (k - 1))`` per event in units of its null sd (printed as ``g``; compare the
   ``shift`` scan's ``s``, :mod:`load.drift_snr`: a delay near ``thr / g`` with ``thr`` ~ 6-9);
-* **a scan of the head axes** (the ``shift`` scan's head block since stop 24, DRIFT.md section 2): the
-  ``shift`` scan's
-  statistic on the top ``q`` principal axes of 1500 mix rows instead of the tail (whitened with the
-  same shrinkage, spatial sign), ``s = |delta|^2 / sqrt(2 tau2)`` per event as in
+* **a scan of the head axes** (the ``shift`` scan's head block since stop 24, DRIFT.md section 2):
+  the ``shift`` scan's statistic on the top ``q`` principal axes of 1500 mix rows instead of the
+  tail (whitened with the same shrinkage, spatial sign), ``s = |delta|^2 / sqrt(2 tau2)`` per event as in
   :func:`load.drift_snr.swap_snr` (``h16`` .. ``h64``; ``q`` = 384: every axis).
 
 Three random splits each; diagnosis only: nothing here is used by the monitor.
@@ -121,8 +120,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     pools = drift_data.real_pools(args.cache, part=args.part, variants=("int8",))
     out = []
-    print(f"{'pool':<10} {'topic':<22} {'share':>5} {'z':>6} {'~events':>8} " + " ".join(f"{'g' + str(k):>6}" for k in KS)
-          + " " + " ".join(f"{'h' + str(q):>6}" for q in HEADS))
+    print(f"{'pool':<10} {'topic':<22} {'share':>5} {'z':>6} {'~events':>8} "
+          + " ".join(f"{'g' + str(k):>6}" for k in KS) + " " + " ".join(f"{'h' + str(q):>6}" for q in HEADS))
     for pool in pools.values():
         if len(np.unique(pool.labels)) < 2 or len(pool) < 3000:
             continue

@@ -291,8 +291,8 @@ class ScanNull:
         overdispersion: a conservative stand-in, replaced by the estimate as the stream goes on.
         """
         a = np.asarray(a, dtype=np.float64)
-        v2 = len(a) > 0 and a[0] == cls.ARRAY_V2
-        head = 10 if v2 else 8
+        head = cls._header(a)
+        v2 = head == 10
         self = cls(len(a) - head if dim is None else int(dim))
         b = a[2:] if v2 else a
         self.hist_n, self.hist_sq = float(b[0]), float(b[1])
@@ -304,9 +304,14 @@ class ScanNull:
         return self
 
     @classmethod
+    def _header(cls, a: np.ndarray) -> int:
+        """Values before ``hist_sum`` in the null saved at the start of ``a``: 10 with ``dup_var``, 8 before."""
+        return 10 if len(a) and a[0] == cls.ARRAY_V2 else 8
+
+    @classmethod
     def array_size_at(cls, a: np.ndarray, dim: int) -> int:
         """Values of the null of dimension ``dim`` saved at the start of ``a``."""
-        return (10 if len(a) and a[0] == cls.ARRAY_V2 else 8) + int(dim)
+        return cls._header(a) + int(dim)
 
 
 class ShiftScan:

@@ -30,8 +30,8 @@ cores, int8 1.6 s and fp32 9.5 s), and keeps them in a cache directory shared by
 state directory of the host (:func:`host_cache_dir`), so a test suite or a fleet of workers
 records once per machine.
 
-The encoder canary (:mod:`app.drift.canary`) is the detector of *any* encoder change; this signal is the statistical detector's sharpest view of the changes we can
-name in advance.
+The encoder canary (:mod:`app.drift.canary`) is the detector of *any* encoder change; this signal
+is the statistical detector's sharpest view of the changes we can name in advance.
 
 The package imports neither Kafka nor Faust.
 """
@@ -52,8 +52,9 @@ from . import canary
 from .canary import int8_isa
 from .reference import load_with_meta, savez_with_meta
 
-__all__ = ["MEANS_FILE", "TEXTS_FILE", "load_texts", "read_means", "write_means", "variant_offsets", "variant_name", "offsets_from_means", "means_meta", "means_match", "record_means",
-           "host_cache_dir", "host_means", "host_variant_offsets"]
+__all__ = ["MEANS_FILE", "TEXTS_FILE", "load_texts", "read_means", "write_means", "variant_offsets", "variant_name",
+           "offsets_from_means", "means_meta", "means_match", "record_means", "host_cache_dir", "host_means",
+           "host_variant_offsets"]
 
 log = logging.getLogger(__name__)
 
